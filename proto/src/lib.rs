@@ -1,0 +1,168 @@
+//! Event contracts (protobuf, compiled by prost at build time) and the one place
+//! where inbound schemas are named, decoded and upcast.
+//!
+//! Nothing here does I/O. Channel adapters build these messages; the domain
+//! decodes them by schema name from the bus.
+
+pub mod inbound {
+    include!(concat!(env!("OUT_DIR"), "/crm.inbound.v1.rs"));
+}
+
+pub mod customer {
+    include!(concat!(env!("OUT_DIR"), "/crm.customer.v1.rs"));
+}
+
+use prost::Message;
+
+/// Schema name of [`inbound::FormSubmittedV1`] as carried in bus headers.
+pub const SCHEMA_FORM_SUBMITTED_V1: &str = "crm.inbound.v1.FormSubmittedV1";
+/// Schema name of [`inbound::ChannelEventV1`].
+pub const SCHEMA_CHANNEL_EVENT_V1: &str = "crm.inbound.v1.ChannelEventV1";
+
+/// An inbound event decoded from the bus, whatever its schema version.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InboundEvent {
+    FormSubmitted(inbound::FormSubmittedV1),
+    Channel(inbound::ChannelEventV1),
+}
+
+/// Why a bus message could not be turned into an [`InboundEvent`].
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unknown schema {0:?}: this build knows {SCHEMA_FORM_SUBMITTED_V1} and {SCHEMA_CHANNEL_EVENT_V1}")]
+    UnknownSchema(String),
+    #[error("payload of schema {schema} does not decode: {source}")]
+    Malformed {
+        schema: String,
+        #[source]
+        source: prost::DecodeError,
+    },
+    #[error("event of schema {0} has no header or no event id")]
+    MissingHeader(String),
+}
+
+impl InboundEvent {
+    /// Decodes a payload by its schema name. Old versions are upcast here, in one place.
+    pub fn decode(schema: &str, payload: &[u8]) -> Result<Self, DecodeError> {
+        let malformed = |source| DecodeError::Malformed {
+            schema: schema.to_string(),
+            source,
+        };
+        let event = match schema {
+            SCHEMA_FORM_SUBMITTED_V1 => {
+                InboundEvent::FormSubmitted(inbound::FormSubmittedV1::decode(payload).map_err(malformed)?)
+            }
+            SCHEMA_CHANNEL_EVENT_V1 => {
+                InboundEvent::Channel(inbound::ChannelEventV1::decode(payload).map_err(malformed)?)
+            }
+            other => return Err(DecodeError::UnknownSchema(other.to_string())),
+        };
+        match event.header() {
+            Some(h) if !h.event_id.is_empty() => Ok(event),
+            _ => Err(DecodeError::MissingHeader(schema.to_string())),
+        }
+    }
+
+    pub fn schema(&self) -> &'static str {
+        match self {
+            InboundEvent::FormSubmitted(_) => SCHEMA_FORM_SUBMITTED_V1,
+            InboundEvent::Channel(_) => SCHEMA_CHANNEL_EVENT_V1,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            InboundEvent::FormSubmitted(e) => e.encode_to_vec(),
+            InboundEvent::Channel(e) => e.encode_to_vec(),
+        }
+    }
+
+    pub fn header(&self) -> Option<&inbound::InboundHeader> {
+        match self {
+            InboundEvent::FormSubmitted(e) => e.header.as_ref(),
+            InboundEvent::Channel(e) => e.header.as_ref(),
+        }
+    }
+
+    /// The event id (never empty after [`InboundEvent::decode`]).
+    pub fn event_id(&self) -> &str {
+        self.header().map(|h| h.event_id.as_str()).unwrap_or_default()
+    }
+
+    /// Channel-specific event type ("form_submitted" for forms).
+    pub fn event_type(&self) -> &str {
+        match self {
+            InboundEvent::FormSubmitted(_) => "form_submitted",
+            InboundEvent::Channel(e) => &e.event_type,
+        }
+    }
+
+    pub fn observation(&self) -> Option<&inbound::Observation> {
+        match self {
+            InboundEvent::FormSubmitted(e) => e.observation.as_ref(),
+            InboundEvent::Channel(e) => e.observation.as_ref(),
+        }
+    }
+
+    /// Bus key: channel + channel-side subject, so one subject's events stay in order.
+    pub fn bus_key(&self) -> String {
+        let h = self.header();
+        let channel = h.map(|h| h.channel.as_str()).unwrap_or_default();
+        let instance = h.map(|h| h.channel_instance.as_str()).unwrap_or_default();
+        let subject = self
+            .observation()
+            .and_then(|o| o.subject.as_ref())
+            .and_then(|s| s.identifiers.first())
+            .map(|i| i.value.as_str())
+            .unwrap_or_else(|| self.event_id());
+        format!("{channel}/{instance}/{subject}")
+    }
+}
+
+/// Current time in unix microseconds.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}
+
+/// Namespace for every deterministic id the platform derives (UUIDv5).
+pub const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f0c_2a1e_8d1b_4c55_9a53_2f4c_7a6b_e201);
+
+/// A deterministic id derived from a name (UUIDv5 in the platform namespace).
+pub fn derived_id(name: &str) -> uuid::Uuid {
+    uuid::Uuid::new_v5(&ID_NAMESPACE, name.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_round_trips_and_rejects_unknown_schema() {
+        let ev = InboundEvent::FormSubmitted(inbound::FormSubmittedV1 {
+            header: Some(inbound::InboundHeader {
+                event_id: "e1".into(),
+                channel: "web-form".into(),
+                ..Default::default()
+            }),
+            form_id: "contact".into(),
+            ..Default::default()
+        });
+        let back = InboundEvent::decode(ev.schema(), &ev.encode()).unwrap();
+        assert_eq!(back, ev);
+        assert!(matches!(
+            InboundEvent::decode("crm.inbound.v9.Nope", b""),
+            Err(DecodeError::UnknownSchema(_))
+        ));
+        assert!(matches!(
+            InboundEvent::decode(SCHEMA_FORM_SUBMITTED_V1, &[0xff, 0xff]),
+            Err(DecodeError::Malformed { .. })
+        ));
+        assert!(matches!(
+            InboundEvent::decode(SCHEMA_FORM_SUBMITTED_V1, b""),
+            Err(DecodeError::MissingHeader(_))
+        ));
+    }
+}
