@@ -87,7 +87,9 @@ pub enum StoreError {
 #[async_trait::async_trait]
 pub trait EventStore: Send + Sync + 'static {
     /// Appends events to one stream atomically, checking `expected` first.
-    /// Events whose id is already in the stream are skipped (idempotent redelivery).
+    /// Idempotent redelivery: when every event id is already in the stream the
+    /// append succeeds with `appended == 0` whatever `expected` says; events whose
+    /// id is already in the stream are never written twice.
     async fn append(
         &self,
         stream: &str,
