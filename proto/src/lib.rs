@@ -12,6 +12,8 @@ pub mod customer {
     include!(concat!(env!("OUT_DIR"), "/crm.customer.v1.rs"));
 }
 
+pub mod normalize;
+
 use prost::Message;
 
 /// Schema name of [`inbound::FormSubmittedV1`] as carried in bus headers.

@@ -1,0 +1,164 @@
+//! The `Channel` trait: what every channel adapter implements, and the types a
+//! request and its outcome are made of. The HTTP plumbing (routing, publishing,
+//! quarantine, metrics, spans) lives in `crate::http` and is the same for all.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use proto::InboundEvent;
+
+/// An HTTP request as a channel sees it: everything needed to verify and parse.
+#[derive(Debug, Clone)]
+pub struct ChannelRequest {
+    pub method: String,
+    /// Path after the channel's mount point (e.g. `contact` for `/v1/channels/web-form/contact`).
+    pub subpath: String,
+    pub query: BTreeMap<String, String>,
+    /// Header names lower-cased.
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+    pub peer: Option<IpAddr>,
+    /// When the platform received it (unix micros).
+    pub received_at_us: i64,
+}
+
+impl ChannelRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+    }
+    pub fn content_type(&self) -> &str {
+        self.header("content-type").unwrap_or_default()
+    }
+}
+
+/// The HTTP answer a channel wants sent once its events are durably on the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn text(status: u16, body: impl Into<String>) -> Self {
+        Reply {
+            status,
+            content_type: "text/plain; charset=utf-8".into(),
+            body: body.into().into_bytes(),
+        }
+    }
+    pub fn json(status: u16, value: &serde_json::Value) -> Self {
+        Reply {
+            status,
+            content_type: "application/json".into(),
+            body: value.to_string().into_bytes(),
+        }
+    }
+}
+
+/// A successful reading of a request.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// Events to publish (possibly none, e.g. a URL verification GET).
+    pub events: Vec<InboundEvent>,
+    /// Sent after every event is durably on the bus. `None` → 202 with the event ids.
+    pub reply: Option<Reply>,
+}
+
+/// Why a request was refused. Every rejection is quarantined with its raw body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    BadSignature,
+    Replayed,
+    Undecodable,
+    FailedValidation,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    WrongRecipient,
+    RateLimited,
+    Spam,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::BadSignature => "bad_signature",
+            RejectReason::Replayed => "replayed",
+            RejectReason::Undecodable => "undecodable",
+            RejectReason::FailedValidation => "failed_validation",
+            RejectReason::PayloadTooLarge => "payload_too_large",
+            RejectReason::UnsupportedMediaType => "unsupported_media_type",
+            RejectReason::WrongRecipient => "wrong_recipient",
+            RejectReason::RateLimited => "rate_limited",
+            RejectReason::Spam => "spam",
+        }
+    }
+    /// HTTP status the caller gets.
+    pub fn status(self) -> u16 {
+        match self {
+            RejectReason::BadSignature => 401,
+            RejectReason::Replayed => 409,
+            RejectReason::Undecodable | RejectReason::FailedValidation | RejectReason::Spam => 400,
+            RejectReason::PayloadTooLarge => 413,
+            RejectReason::UnsupportedMediaType => 415,
+            RejectReason::WrongRecipient => 403,
+            RejectReason::RateLimited => 429,
+        }
+    }
+}
+
+/// One bad field and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+/// A refused request: reason, message and per-field details for the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub message: String,
+    pub fields: Vec<FieldError>,
+}
+
+impl Rejection {
+    pub fn new(reason: RejectReason, message: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            message: message.into(),
+            fields: Vec::new(),
+        }
+    }
+    pub fn with_fields(mut self, fields: Vec<FieldError>) -> Self {
+        self.fields = fields;
+        self
+    }
+    /// JSON body sent to the caller.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": self.reason.as_str(),
+            "message": self.message,
+            "fields": self.fields,
+        })
+    }
+}
+
+/// A channel adapter: verifies and parses requests into inbound events. Pure
+/// with respect to I/O (no bus, no disk): the framework publishes and quarantines.
+pub trait Channel: Send + Sync + 'static {
+    /// Channel kind, also the URL segment: `/v1/channels/<kind>/...`.
+    fn kind(&self) -> &'static str;
+
+    /// Instance name from the config (form id, AppID, shop), for metrics and provenance.
+    fn instance(&self) -> &str;
+
+    /// Reads one request. `Err` → the framework answers with the rejection and quarantines it.
+    fn handle(&self, request: &ChannelRequest) -> Result<Accepted, Rejection>;
+
+    /// Header names whose values are secrets, redacted in quarantine (lower-case).
+    fn secret_headers(&self) -> &'static [&'static str] {
+        &[]
+    }
+}

@@ -1,0 +1,54 @@
+//! The closed registry of channels: one tagged config enum, one function that
+//! builds them all. Adding a channel = one module, one `ChannelConfig` variant,
+//! one line in [`build`].
+
+use std::sync::Arc;
+
+use crate::channel::Channel;
+
+pub mod web_form;
+
+/// One configured channel, as written in the config file (`[[channels]]` with `type = "..."`).
+/// Secrets are not written here: each names the environment variable that holds it.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ChannelConfig {
+    WebForm(web_form::WebFormConfig),
+}
+
+/// Why the channel configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelConfigError {
+    #[error("channel {channel}: environment variable {var} is not set; it must hold the {what}")]
+    MissingSecret {
+        channel: String,
+        var: String,
+        what: &'static str,
+    },
+    #[error("channel {channel}: {message}")]
+    Invalid { channel: String, message: String },
+    #[error("two channels are both mounted at /v1/channels/{kind}/{name}: give one of them another name")]
+    Duplicate { kind: String, name: String },
+}
+
+/// Builds every configured channel. The default web form (any form id) is always there.
+pub fn build(configs: &[ChannelConfig], env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Arc<dyn Channel>>, ChannelConfigError> {
+    let mut out: Vec<Arc<dyn Channel>> = Vec::new();
+    for config in configs {
+        let channel: Arc<dyn Channel> = match config {
+            ChannelConfig::WebForm(c) => Arc::new(web_form::WebForm::new(c.clone())?),
+        };
+        if out.iter().any(|c| c.kind() == channel.kind() && c.instance() == channel.instance()) {
+            return Err(ChannelConfigError::Duplicate {
+                kind: channel.kind().into(),
+                name: channel.instance().into(),
+            });
+        }
+        out.push(channel);
+    }
+    if !out.iter().any(|c| c.kind() == web_form::KIND && c.instance() == "*") {
+        out.push(Arc::new(web_form::WebForm::new(web_form::WebFormConfig::default())?));
+    }
+    let _ = env;
+    Ok(out)
+}

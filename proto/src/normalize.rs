@@ -1,0 +1,128 @@
+//! Normalisation for matching: the one definition shared by ingest (validation)
+//! and the domain (identity). Raw values are always kept in the events; these
+//! functions only produce the keys that are compared.
+
+use unicode_normalization::UnicodeNormalization;
+
+/// Why a value cannot be used as an identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NormalizeError {
+    #[error("invalid phone {value:?}: {reason}")]
+    Phone { value: String, reason: String },
+    #[error("malformed email {value:?}: {reason}")]
+    Email { value: String, reason: String },
+    #[error("masked value {0:?} cannot identify anyone")]
+    Masked(String),
+    #[error("empty value")]
+    Empty,
+}
+
+/// NFKC (full-width → half-width, compatibility forms) and trimmed.
+pub fn nfkc(value: &str) -> String {
+    value.nfkc().collect::<String>().trim().to_string()
+}
+
+/// A phone number in E.164 (`+8613800138000`), `default_region` for numbers without a country code.
+pub fn phone(value: &str, default_region: phonenumber::country::Id) -> Result<String, NormalizeError> {
+    let text = nfkc(value);
+    if text.is_empty() {
+        return Err(NormalizeError::Empty);
+    }
+    if text.contains('*') {
+        return Err(NormalizeError::Masked(value.to_string()));
+    }
+    let err = |reason: &str| NormalizeError::Phone {
+        value: value.to_string(),
+        reason: reason.to_string(),
+    };
+    if !text
+        .chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, '+' | ' ' | '-' | '(' | ')' | '.' | '\u{a0}'))
+    {
+        return Err(err("only digits, spaces, + - ( ) . are allowed"));
+    }
+    let parsed = phonenumber::parse(Some(default_region), &text).map_err(|e| err(&e.to_string()))?;
+    if !phonenumber::is_valid(&parsed) {
+        return Err(err("not a valid number for its region; write it with its country code, e.g. +86 138 0013 8000"));
+    }
+    Ok(parsed.format().mode(phonenumber::Mode::E164).to_string())
+}
+
+/// An email trimmed, NFKC-normalised and lower-cased.
+pub fn email(value: &str) -> Result<String, NormalizeError> {
+    let text = nfkc(value).to_lowercase();
+    if text.is_empty() {
+        return Err(NormalizeError::Empty);
+    }
+    let err = |reason: &str| NormalizeError::Email {
+        value: value.to_string(),
+        reason: reason.to_string(),
+    };
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(err("contains spaces"));
+    }
+    let Some((local, domain)) = text.rsplit_once('@') else {
+        return Err(err("has no @"));
+    };
+    if local.is_empty() || local.contains('@') {
+        return Err(err("the part before @ is empty or has a second @"));
+    }
+    if !domain.contains('.') || domain.starts_with('.') || domain.ends_with('.') || domain.contains("..") {
+        return Err(err("the domain after @ must look like example.com"));
+    }
+    if text.contains('*') {
+        return Err(NormalizeError::Masked(value.to_string()));
+    }
+    Ok(text)
+}
+
+/// A name for comparison: NFKC, lower-case, without spaces and punctuation.
+pub fn name(value: &str) -> String {
+    nfkc(value)
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric())
+        .collect()
+}
+
+/// Parses a region code like "CN" or "US"; `None` if unknown.
+pub fn region(code: &str) -> Option<phonenumber::country::Id> {
+    code.trim().to_ascii_uppercase().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use phonenumber::country::Id::CN;
+
+    #[test]
+    fn phones_normalise_to_e164() {
+        for (raw, want) in [
+            ("138 0013 8000", "+8613800138000"),
+            ("１３８００１３８０００", "+8613800138000"),
+            ("+86 138-0013-8000", "+8613800138000"),
+            ("008613800138000", "+8613800138000"),
+            ("+1 (415) 555-2671", "+14155552671"),
+        ] {
+            assert_eq!(phone(raw, CN).as_deref(), Ok(want), "{raw}");
+        }
+        assert!(matches!(phone("12345", CN), Err(NormalizeError::Phone { .. })));
+        assert!(matches!(phone("138****8000", CN), Err(NormalizeError::Masked(_))));
+        assert!(matches!(phone("call me", CN), Err(NormalizeError::Phone { .. })));
+    }
+
+    #[test]
+    fn emails_are_trimmed_and_lowercased() {
+        assert_eq!(email("  ZW@Example.com ").as_deref(), Ok("zw@example.com"));
+        assert_eq!(email("ＺＷ＠example.com").as_deref(), Ok("zw@example.com"));
+        for bad in ["zw", "zw@", "@x.com", "zw@example", "z w@x.com", "a@b@c.com"] {
+            assert!(matches!(email(bad), Err(NormalizeError::Email { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_drop_spaces_and_punctuation() {
+        assert_eq!(name(" 张 伟 "), "张伟");
+        assert_eq!(name("O'Brien, Mary"), "obrienmary");
+    }
+}
