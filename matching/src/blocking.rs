@@ -30,6 +30,18 @@ fn get<'a>(v: &View<'a>, f: Field) -> Option<&'a Entry> {
     v[f.index()]
 }
 
+/// Fields combined two by two into blocking keys.
+const PAIRED: [Field; 8] = [
+    Field::GivenName,
+    Field::Surname,
+    Field::DateOfBirth,
+    Field::Postcode,
+    Field::StreetNumber,
+    Field::Address1,
+    Field::Address2,
+    Field::Suburb,
+];
+
 /// Appends the blocking keys of one record to `out`.
 pub(crate) fn keys(v: &View<'_>, out: &mut Vec<u64>) {
     let given = get(v, Field::GivenName);
@@ -54,20 +66,16 @@ pub(crate) fn keys(v: &View<'_>, out: &mut Vec<u64>) {
             let mut buf = [0u8; 4];
             out.push(key_hash(3, &[&d.key, c.encode_utf8(&mut buf)]));
         }
-        if let Some(p) = get(v, Field::Postcode) {
-            out.push(key_hash(10, &[&d.key, &p.key]));
-        }
     }
-    if let Some(n) = get(v, Field::StreetNumber) {
-        if let Some(p) = get(v, Field::Postcode) {
-            out.push(key_hash(4, &[&p.key, &n.key]));
+    // Any two of these agreeing exactly: a duplicate with several corrupted
+    // fields still keeps two intact, and two together are rare by chance.
+    for (i, &f) in PAIRED.iter().enumerate() {
+        let Some(x) = get(v, f) else { continue };
+        for (j, &g) in PAIRED.iter().enumerate().skip(i + 1) {
+            if let Some(y) = get(v, g) {
+                out.push(key_hash(16 + (i * PAIRED.len() + j) as u8, &[&x.key, &y.key]));
+            }
         }
-        if let Some(a) = get(v, Field::Address1) {
-            out.push(key_hash(5, &[&a.key, &n.key]));
-        }
-    }
-    if let (Some(s), Some(c)) = (surname, get(v, Field::Suburb)) {
-        out.push(key_hash(6, &[&s.key, &c.key]));
     }
     if let Some(p) = get(v, Field::Phone)
         && p.key.len() >= 6

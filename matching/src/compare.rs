@@ -56,6 +56,14 @@ pub(crate) fn compare(a: &View<'_>, b: &View<'_>) -> Levels {
     })
 }
 
+/// Compares one field (by index) of two records.
+pub(crate) fn compare_one(i: usize, a: &View<'_>, b: &View<'_>) -> u8 {
+    match (a[i], b[i]) {
+        (Some(x), Some(y)) => compare_field(Field::ALL[i], x, y, a, b),
+        _ => NULL_LEVEL,
+    }
+}
+
 /// Packs a comparison vector into 4 bits per field.
 pub(crate) fn pack(levels: &Levels) -> u64 {
     levels

@@ -6,10 +6,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::Model;
-use crate::compare::{Levels, NULL_LEVEL, compare, unpack};
+use crate::compare::{Levels, NULL_LEVEL, compare, compare_one, unpack};
 use crate::record::Record;
 use crate::record::{FIELD_COUNT, Field};
-use crate::store::{Store, view_of};
+use crate::store::{NULL, Store, view_of};
 
 /// What training did, for the report.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -72,11 +72,6 @@ impl SplitMix {
     pub fn below(&mut self, n: usize) -> usize {
         ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
     }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// Fields with enough values to learn from.
@@ -93,39 +88,43 @@ impl Model {
         if n < 2 {
             return 0;
         }
-        let mut rng = SplitMix::new(seed);
-        let mut counts = [[0u64; 8]; FIELD_COUNT];
-        let mut compared = [0u64; FIELD_COUNT];
-        let mut attempts = 0usize;
-        // One pass of random pairs serves every field; pairs that agree
-        // exactly are skipped per field because that level is computed exactly.
-        while attempts < sample * 4 && compared.iter().zip(&active).any(|(&c, &a)| a && (c as usize) < sample) {
-            attempts += 1;
-            let (a, b) = (rng.below(n), rng.below(n));
-            if a == b {
-                continue;
-            }
-            let levels = compare(&store.view(&store.rows[a]), &store.view(&store.rows[b]));
-            for (i, &level) in levels.iter().enumerate() {
-                if active[i] && level != NULL_LEVEL && level != 0 && (compared[i] as usize) < sample {
-                    counts[i][usize::from(level)] += 1;
-                    compared[i] += 1;
-                }
-            }
-        }
-        for (i, c) in self.comparisons.iter_mut().enumerate() {
-            if !active[i] {
-                continue;
-            }
+        // Per field, `sample` random pairs of records that both have a value
+        // and differ; fields run on separate threads.
+        let fields: Vec<usize> = (0..FIELD_COUNT).filter(|&i| active[i]).collect();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |t| t.get())
+            .clamp(1, fields.len().max(1));
+        let per_thread = fields.len().div_ceil(threads).max(1);
+        let results: Vec<(usize, [u64; 8], u64, usize)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = fields
+                .chunks(per_thread)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|&i| sample_field(store, i, sample, seed ^ (i as u64 * 0x9E37)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let mut drawn = 0;
+        for (i, counts, compared, attempts) in results {
+            drawn += attempts;
+            let c = &mut self.comparisons[i];
             let k = c.levels.len();
             let exact = store.columns[i].exact_agreement_rate().max(1e-9);
             c.levels[0].u = exact;
-            let total = compared[i] as f64 + 0.5 * (k - 1) as f64;
+            let total = compared as f64 + 0.5 * (k - 1) as f64;
             for (l, level) in c.levels.iter_mut().enumerate().skip(1) {
-                level.u = ((counts[i][l] as f64 + 0.5) / total * (1.0 - exact)).max(1e-9);
+                level.u = ((counts[l] as f64 + 0.5) / total * (1.0 - exact)).max(1e-9);
             }
         }
-        attempts
+        drawn
     }
 
     /// Learns m by EM, one session per training rule, then the prior from
@@ -302,4 +301,27 @@ impl Model {
             .collect();
         self.learn_m(&levels, pseudo_count.max(0.0));
     }
+}
+
+/// Level counts of field `i` over random pairs that both have a value and
+/// differ: (field, counts, pairs compared, pairs drawn).
+fn sample_field(store: &Store, i: usize, sample: usize, seed: u64) -> (usize, [u64; 8], u64, usize) {
+    let mut rng = SplitMix::new(seed);
+    let n = store.rows.len();
+    let mut counts = [0u64; 8];
+    let mut compared = 0u64;
+    let mut attempts = 0usize;
+    while (compared as usize) < sample && attempts < sample * 20 {
+        attempts += 1;
+        let (a, b) = (&store.rows[rng.below(n)], &store.rows[rng.below(n)]);
+        if a[i] == NULL || b[i] == NULL || a[i] == b[i] {
+            continue;
+        }
+        let level = compare_one(i, &store.view(a), &store.view(b));
+        if level != NULL_LEVEL && level != 0 {
+            counts[usize::from(level)] += 1;
+            compared += 1;
+        }
+    }
+    (i, counts, compared, attempts)
 }
