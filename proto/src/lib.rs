@@ -4,13 +4,22 @@
 //! Nothing here does I/O. Channel adapters build these messages; the domain
 //! decodes them by schema name from the bus.
 
-pub mod inbound {
-    include!(concat!(env!("OUT_DIR"), "/crm.inbound.v1.rs"));
+/// Generated code, nested as the protobuf packages are (`crm.inbound.v1`, ...).
+pub mod crm {
+    pub mod inbound {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/crm.inbound.v1.rs"));
+        }
+    }
+    pub mod customer {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/crm.customer.v1.rs"));
+        }
+    }
 }
 
-pub mod customer {
-    include!(concat!(env!("OUT_DIR"), "/crm.customer.v1.rs"));
-}
+pub use crm::customer::v1 as customer;
+pub use crm::inbound::v1 as inbound;
 
 pub mod normalize;
 
