@@ -62,7 +62,9 @@ struct Inner {
 
 impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledStore").field("path", &self.inner.path).finish_non_exhaustive()
+        f.debug_struct("SledStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -158,7 +160,11 @@ fn check_expected(stream: &str, expected: ExpectedRevision, actual: Option<u64>)
     if ok {
         Ok(())
     } else {
-        Err(StoreError::WrongExpectedRevision { stream: stream.to_owned(), expected, actual })
+        Err(StoreError::WrongExpectedRevision {
+            stream: stream.to_owned(),
+            expected,
+            actual,
+        })
     }
 }
 
@@ -174,10 +180,9 @@ impl Inner {
         events.retain(|e| seen.insert(e.event_id));
         let recorded_at_us = now_us();
 
-        let mut last_sequence = self
-            .last_sequence
-            .lock()
-            .map_err(|_| StoreError::Io("embedded event store: an earlier append panicked; restart the process".into()))?;
+        let mut last_sequence = self.last_sequence.lock().map_err(|_| {
+            StoreError::Io("embedded event store: an earlier append panicked; restart the process".into())
+        })?;
         let first_sequence = *last_sequence + 1;
 
         let trees = (&self.log, &self.stream_index, &self.stream_heads, &self.event_ids);
@@ -194,12 +199,20 @@ impl Inner {
             }
             if fresh.is_empty() && head.is_some() {
                 // Pure redelivery: every id is already there, whatever `expected` says.
-                return Ok(AppendOutcome { last_revision: head.unwrap_or(0), appended: 0, position: None });
+                return Ok(AppendOutcome {
+                    last_revision: head.unwrap_or(0),
+                    appended: 0,
+                    position: None,
+                });
             }
             check_expected(stream, expected, head).map_err(ConflictableTransactionError::Abort)?;
             if fresh.is_empty() {
                 // Empty batch on a stream that does not exist: nothing to write.
-                return Ok(AppendOutcome { last_revision: 0, appended: 0, position: None });
+                return Ok(AppendOutcome {
+                    last_revision: 0,
+                    appended: 0,
+                    position: None,
+                });
             }
             let mut revision = head.map_or(0, |h| h + 1);
             let mut sequence = first_sequence;
@@ -219,14 +232,19 @@ impl Inner {
             Ok(AppendOutcome {
                 last_revision,
                 appended: fresh.len(),
-                position: Some(GlobalPosition { commit: last_seq, prepare: last_seq }),
+                position: Some(GlobalPosition {
+                    commit: last_seq,
+                    prepare: last_seq,
+                }),
             })
         });
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(TransactionError::Abort(e)) => return Err(e),
             Err(TransactionError::Storage(e)) => {
-                return Err(StoreError::Io(format!("embedded event store: append to {stream} failed: {e}")));
+                return Err(StoreError::Io(format!(
+                    "embedded event store: append to {stream} failed: {e}"
+                )));
             }
         };
         if let Some(pos) = outcome.position {
@@ -256,7 +274,9 @@ impl Inner {
             let (_, seq) = item.map_err(io("read the stream index"))?;
             let sequence = decode_u64(&seq, "stream index value")?;
             let value: IVec = self.log.get(seq)?.ok_or_else(|| {
-                StoreError::Corrupt(format!("stream {stream} points at log sequence {sequence}, which is missing"))
+                StoreError::Corrupt(format!(
+                    "stream {stream} points at log sequence {sequence}, which is missing"
+                ))
             })?;
             out.push(record::decode(sequence, &value)?);
         }
@@ -281,7 +301,12 @@ impl EventStore for SledStore {
         self.inner.append_blocking(stream, expected, events)
     }
 
-    async fn read_stream(&self, stream: &str, from_revision: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_revision: u64,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         self.inner.read_stream_blocking(stream, from_revision, max)
     }
 
@@ -371,8 +396,12 @@ pub(crate) mod record {
     const HEADER: usize = 1 + 8 + 8 + 16 + 4 * 4;
 
     pub(crate) fn encode(buf: &mut Vec<u8>, stream: &str, revision: u64, recorded_at_us: i64, event: &NewEvent) {
-        let fields: [&[u8]; 4] =
-            [stream.as_bytes(), event.event_type.as_bytes(), &event.data, &event.metadata];
+        let fields: [&[u8]; 4] = [
+            stream.as_bytes(),
+            event.event_type.as_bytes(),
+            &event.data,
+            &event.metadata,
+        ];
         buf.reserve(HEADER + fields.iter().map(|f| f.len()).sum::<usize>());
         buf.push(VERSION);
         buf.extend_from_slice(&revision.to_be_bytes());
@@ -390,7 +419,10 @@ pub(crate) mod record {
     pub(crate) fn decode(sequence: u64, bytes: &[u8]) -> Result<RecordedEvent, StoreError> {
         let corrupt = |why: &str| StoreError::Corrupt(format!("log record {sequence}: {why}"));
         if bytes.len() < HEADER {
-            return Err(corrupt(&format!("{} bytes, shorter than the {HEADER}-byte header", bytes.len())));
+            return Err(corrupt(&format!(
+                "{} bytes, shorter than the {HEADER}-byte header",
+                bytes.len()
+            )));
         }
         if bytes[0] != VERSION {
             return Err(corrupt(&format!("unknown record version {}", bytes[0])));
@@ -428,7 +460,10 @@ pub(crate) mod record {
         Ok(RecordedEvent {
             stream,
             revision,
-            position: GlobalPosition { commit: sequence, prepare: sequence },
+            position: GlobalPosition {
+                commit: sequence,
+                prepare: sequence,
+            },
             event_id: uuid::Uuid::from_bytes(id),
             event_type,
             data,
@@ -453,12 +488,23 @@ pub(crate) mod record {
             encode(&mut buf, "customer-1", 4, 99, &event);
             let rec = decode(12, &buf).expect("own encoding decodes");
             assert_eq!(
-                (rec.stream.as_str(), rec.revision, rec.position.commit, rec.recorded_at_us),
+                (
+                    rec.stream.as_str(),
+                    rec.revision,
+                    rec.position.commit,
+                    rec.recorded_at_us
+                ),
                 ("customer-1", 4, 12, 99)
             );
-            assert_eq!((rec.event_id, rec.event_type, rec.data, rec.metadata), (event.event_id, event.event_type, event.data, event.metadata));
+            assert_eq!(
+                (rec.event_id, rec.event_type, rec.data, rec.metadata),
+                (event.event_id, event.event_type, event.data, event.metadata)
+            );
             for cut in [0, 10, buf.len() - 1] {
-                assert!(matches!(decode(1, &buf[..cut]), Err(StoreError::Corrupt(_))), "cut at {cut}");
+                assert!(
+                    matches!(decode(1, &buf[..cut]), Err(StoreError::Corrupt(_))),
+                    "cut at {cut}"
+                );
             }
         }
     }

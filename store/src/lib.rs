@@ -98,7 +98,8 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<AppendOutcome, StoreError>;
 
     /// Reads up to `max` events of a stream from `from_revision` (inclusive). Empty if no stream.
-    async fn read_stream(&self, stream: &str, from_revision: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError>;
+    async fn read_stream(&self, stream: &str, from_revision: u64, max: usize)
+    -> Result<Vec<RecordedEvent>, StoreError>;
 
     /// Revision of the stream's last event, `None` if the stream does not exist.
     async fn stream_revision(&self, stream: &str) -> Result<Option<u64>, StoreError>;

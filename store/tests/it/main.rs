@@ -1,0 +1,3 @@
+//! Integration tests of the `store` crate (one test binary, one module per backend).
+
+mod embedded;
