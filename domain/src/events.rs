@@ -1,0 +1,86 @@
+//! Customer events as stored: the event type is the protobuf message name.
+
+use prost::Message;
+use proto::customer::*;
+use store::{NewEvent, RecordedEvent};
+
+/// Every event the domain appends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CustomerEvent {
+    Registered(CustomerRegisteredV1),
+    IdentifierClaimed(IdentifierClaimedV1),
+    IdentifierAttached(IdentifierAttachedV1),
+    ActivityRecorded(ActivityRecordedV1),
+    Merged(CustomersMergedV1),
+    MergedInto(MergedIntoV1),
+    Split(CustomerSplitV1),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventDecodeError {
+    #[error("unknown customer event type {0:?}")]
+    UnknownType(String),
+    #[error("customer event {event_type} does not decode: {source}")]
+    Malformed {
+        event_type: String,
+        #[source]
+        source: prost::DecodeError,
+    },
+}
+
+impl CustomerEvent {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            CustomerEvent::Registered(_) => "CustomerRegisteredV1",
+            CustomerEvent::IdentifierClaimed(_) => "IdentifierClaimedV1",
+            CustomerEvent::IdentifierAttached(_) => "IdentifierAttachedV1",
+            CustomerEvent::ActivityRecorded(_) => "ActivityRecordedV1",
+            CustomerEvent::Merged(_) => "CustomersMergedV1",
+            CustomerEvent::MergedInto(_) => "MergedIntoV1",
+            CustomerEvent::Split(_) => "CustomerSplitV1",
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            CustomerEvent::Registered(e) => e.encode_to_vec(),
+            CustomerEvent::IdentifierClaimed(e) => e.encode_to_vec(),
+            CustomerEvent::IdentifierAttached(e) => e.encode_to_vec(),
+            CustomerEvent::ActivityRecorded(e) => e.encode_to_vec(),
+            CustomerEvent::Merged(e) => e.encode_to_vec(),
+            CustomerEvent::MergedInto(e) => e.encode_to_vec(),
+            CustomerEvent::Split(e) => e.encode_to_vec(),
+        }
+    }
+
+    pub fn decode(event_type: &str, data: &[u8]) -> Result<Self, EventDecodeError> {
+        let m = |source| EventDecodeError::Malformed {
+            event_type: event_type.to_string(),
+            source,
+        };
+        Ok(match event_type {
+            "CustomerRegisteredV1" => CustomerEvent::Registered(Message::decode(data).map_err(m)?),
+            "IdentifierClaimedV1" => CustomerEvent::IdentifierClaimed(Message::decode(data).map_err(m)?),
+            "IdentifierAttachedV1" => CustomerEvent::IdentifierAttached(Message::decode(data).map_err(m)?),
+            "ActivityRecordedV1" => CustomerEvent::ActivityRecorded(Message::decode(data).map_err(m)?),
+            "CustomersMergedV1" => CustomerEvent::Merged(Message::decode(data).map_err(m)?),
+            "MergedIntoV1" => CustomerEvent::MergedInto(Message::decode(data).map_err(m)?),
+            "CustomerSplitV1" => CustomerEvent::Split(Message::decode(data).map_err(m)?),
+            other => return Err(EventDecodeError::UnknownType(other.to_string())),
+        })
+    }
+
+    pub fn from_recorded(e: &RecordedEvent) -> Result<Self, EventDecodeError> {
+        Self::decode(&e.event_type, &e.data)
+    }
+
+    /// A store event with a deterministic id.
+    pub fn to_new(&self, event_id: uuid::Uuid) -> NewEvent {
+        NewEvent {
+            event_id,
+            event_type: self.type_name().to_string(),
+            data: self.encode(),
+            metadata: Vec::new(),
+        }
+    }
+}

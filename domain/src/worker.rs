@@ -1,0 +1,159 @@
+//! The domain worker: consumes inbound events from the bus, resolves identity,
+//! and commits bus offsets only after the store made the appends durable.
+//! Poison messages (unknown schema, undecodable) go to the dead-letter log.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bus::{Bus, BusConsumer, Delivery};
+use proto::InboundEvent;
+use tokio::sync::watch;
+
+use crate::service::{CustomerService, DomainError};
+
+/// The consumer group of the domain role.
+pub const DOMAIN_GROUP: &str = "crm-domain";
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Most records handled between two commits.
+    pub batch: usize,
+    /// How long a poll waits for the first record.
+    pub poll_wait: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            batch: 512,
+            poll_wait: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Notable things the worker does, each logged once and counted.
+mod emit {
+    pub fn dead_lettered(reason: &str, offset: i64) {
+        tracing::warn!(offset, reason, "inbound event set aside in the dead-letter log");
+        metrics::counter!("domain_dead_lettered_total").increment(1);
+    }
+    pub fn batch_done(count: usize, elapsed: std::time::Duration) {
+        metrics::counter!("domain_events_processed_total").increment(count as u64);
+        metrics::histogram!("domain_batch_seconds").record(elapsed.as_secs_f64());
+    }
+}
+
+pub struct DomainWorker {
+    bus: Arc<dyn Bus>,
+    service: Arc<CustomerService>,
+    config: WorkerConfig,
+}
+
+impl DomainWorker {
+    pub fn new(bus: Arc<dyn Bus>, service: Arc<CustomerService>, config: WorkerConfig) -> Self {
+        DomainWorker { bus, service, config }
+    }
+
+    /// Runs until `shutdown` turns true; finishes and commits the batch in hand first.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), DomainError> {
+        let mut consumer = loop {
+            match self.bus.consumer(DOMAIN_GROUP).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::error!(error = %e, "domain cannot open its bus consumer; retrying in 2 s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                }
+            }
+        };
+        tracing::info!(
+            bus = self.bus.kind(),
+            store = self.service.store().kind(),
+            "domain worker started"
+        );
+        let mut backoff = Duration::from_millis(100);
+        while !*shutdown.borrow() {
+            let batch = tokio::select! {
+                b = consumer.poll(self.config.batch, self.config.poll_wait) => b,
+                _ = shutdown.changed() => break,
+            };
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "bus poll failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                self.report_lag(consumer.as_ref()).await;
+                continue;
+            }
+            match self.process(&batch, consumer.as_mut()).await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    // Nothing of this batch is committed: it will be delivered again.
+                    tracing::error!(error = %e, "domain batch failed; it will be retried");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    drop(consumer);
+                    consumer = self.bus.consumer(DOMAIN_GROUP).await.map_err(|e| {
+                        DomainError::Store(store::StoreError::Unavailable(format!("bus consumer reopen: {e}")))
+                    })?;
+                }
+            }
+        }
+        tracing::info!("domain worker stopped");
+        Ok(())
+    }
+
+    async fn report_lag(&self, consumer: &dyn BusConsumer) {
+        if let Ok(lags) = consumer.lag().await {
+            for l in lags {
+                metrics::gauge!("bus_consumer_lag", "group" => DOMAIN_GROUP, "partition" => l.partition.to_string())
+                    .set((l.high_watermark - l.committed).max(0) as f64);
+            }
+        }
+    }
+
+    /// Handles a batch, syncs the store, then commits the offsets.
+    async fn process(&self, batch: &[Delivery], consumer: &mut dyn BusConsumer) -> Result<(), DomainError> {
+        let started = Instant::now();
+        for delivery in batch {
+            let schema = delivery.record.header(bus::HEADER_SCHEMA).unwrap_or_default();
+            let event = match InboundEvent::decode(schema, &delivery.record.payload) {
+                Ok(e) => e,
+                Err(e) => {
+                    self.dead_letter(delivery, &e.to_string()).await?;
+                    continue;
+                }
+            };
+            match self.service.handle(&event).await {
+                Ok(_) => {}
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => self.dead_letter(delivery, &e.to_string()).await?,
+            }
+        }
+        self.service.store().sync().await?;
+        let positions: Vec<_> = batch.iter().map(|d| d.position).collect();
+        consumer
+            .commit(&positions)
+            .await
+            .map_err(|e| DomainError::Store(store::StoreError::Unavailable(format!("bus commit: {e}"))))?;
+        emit::batch_done(batch.len(), started.elapsed());
+        self.report_lag(consumer).await;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), DomainError> {
+        emit::dead_lettered(reason, delivery.position.offset);
+        self.bus
+            .dead_letter(delivery, reason)
+            .await
+            .map_err(|e| DomainError::Store(store::StoreError::Unavailable(format!("dead-letter write: {e}"))))
+    }
+}
