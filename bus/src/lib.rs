@@ -9,6 +9,7 @@ use std::time::Duration;
 
 pub mod conformance;
 pub mod embedded;
+pub mod kafka;
 
 /// Header carrying the inbound event id.
 pub const HEADER_EVENT_ID: &str = "event-id";
