@@ -4,3 +4,4 @@
 
 pub mod channel;
 pub mod channels;
+pub mod import;

@@ -1,0 +1,3 @@
+//! Integration tests of the ingest crate: one binary, one module per area.
+
+mod import;
