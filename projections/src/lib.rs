@@ -1,1 +1,10 @@
-//! Being written.
+//! Projection workers: follow the event store and build the merged 360° customer
+//! views (identifiers, fields with provenance, channels, first touch, timeline).
+//! Views are disposable: `replay` rebuilds them from the log.
+
+pub mod projector;
+pub mod view;
+pub mod worker;
+
+pub use projector::{ProjectionError, Projector, ViewStore};
+pub use view::*;

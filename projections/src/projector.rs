@@ -1,0 +1,681 @@
+//! The customer-view projection: applies customer events to the view store.
+//!
+//! Checkpoint rule (as Quickwit puts it): the projector records the global
+//! position it has processed, and that checkpoint is written in the same atomic
+//! batch as the view changes. A crash replays from the checkpoint; nothing is
+//! applied twice or skipped. The view is a pure function of the log.
+//!
+//! Keys of the one `views` tree:
+//! `v/<customer>` view JSON · `a/<absorbed>` survivor id · `i/<kind:scope:value>` customer ·
+//! `c/<channel>/<customer>` channel index · `t/<customer>/<at_us BE><event_id>` timeline entry ·
+//! `m/checkpoint` last applied position.
+
+use std::collections::{BTreeMap, HashMap};
+
+use domain::CustomerEvent;
+use proto::customer::Identifier;
+use store::{GlobalPosition, RecordedEvent};
+
+use crate::view::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("view store failed: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("view {key} is unreadable: {source}")]
+    BadView {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+const CHECKPOINT: &[u8] = b"m/checkpoint";
+
+fn view_key(id: &str) -> Vec<u8> {
+    format!("v/{id}").into_bytes()
+}
+fn alias_key(id: &str) -> Vec<u8> {
+    format!("a/{id}").into_bytes()
+}
+fn ident_key(kind: &str, scope: &str, normalized: &str) -> Vec<u8> {
+    format!("i/{kind}:{scope}:{normalized}").into_bytes()
+}
+fn channel_key(channel: &str, id: &str) -> Vec<u8> {
+    format!("c/{channel}/{id}").into_bytes()
+}
+fn timeline_prefix(id: &str) -> Vec<u8> {
+    format!("t/{id}/").into_bytes()
+}
+fn timeline_key(id: &str, at_us: i64, event_id: &str) -> Vec<u8> {
+    let mut k = timeline_prefix(id);
+    k.extend_from_slice(&(at_us as u64 ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(event_id.as_bytes());
+    k
+}
+
+/// The view store: read side used by the API, write side used by the projector.
+#[derive(Clone)]
+pub struct ViewStore {
+    tree: sled::Tree,
+    db: sled::Db,
+}
+
+impl ViewStore {
+    /// Opens the views in their own tree of `db`.
+    pub fn open(db: &sled::Db) -> Result<Self, ProjectionError> {
+        Ok(ViewStore {
+            tree: db.open_tree("views")?,
+            db: db.clone(),
+        })
+    }
+
+    pub fn checkpoint(&self) -> Result<Option<GlobalPosition>, ProjectionError> {
+        Ok(self.tree.get(CHECKPOINT)?.and_then(|v| decode_position(&v)))
+    }
+
+    /// Follows merge aliases to the surviving customer id (itself if not merged).
+    pub fn resolve(&self, id: &str) -> Result<String, ProjectionError> {
+        let mut current = id.to_string();
+        for _ in 0..64 {
+            match self.tree.get(alias_key(&current))? {
+                Some(v) => current = String::from_utf8_lossy(&v).into_owned(),
+                None => break,
+            }
+        }
+        Ok(current)
+    }
+
+    /// The view of a customer, following merges.
+    pub fn customer(&self, id: &str) -> Result<Option<CustomerView>, ProjectionError> {
+        let id = self.resolve(id)?;
+        self.get_view(&id)
+    }
+
+    fn get_view(&self, id: &str) -> Result<Option<CustomerView>, ProjectionError> {
+        match self.tree.get(view_key(id))? {
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|source| ProjectionError::BadView {
+                    key: id.to_string(),
+                    source,
+                }),
+            None => Ok(None),
+        }
+    }
+
+    /// The customer owning an identifier (already normalised).
+    pub fn by_identifier(
+        &self,
+        kind: &str,
+        scope: &str,
+        normalized: &str,
+    ) -> Result<Option<CustomerView>, ProjectionError> {
+        match self.tree.get(ident_key(kind, scope, normalized))? {
+            Some(id) => self.customer(&String::from_utf8_lossy(&id)),
+            None => Ok(None),
+        }
+    }
+
+    /// Customer ids in id order, strictly after `after`, optionally only those seen on `channel`.
+    pub fn customer_ids(
+        &self,
+        after: Option<&str>,
+        channel: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, ProjectionError> {
+        let prefix = match channel {
+            Some(c) => format!("c/{c}/"),
+            None => "v/".to_string(),
+        };
+        let start = match after {
+            Some(a) => {
+                let mut k = format!("{prefix}{a}").into_bytes();
+                k.push(0);
+                k
+            }
+            None => prefix.clone().into_bytes(),
+        };
+        let mut out = Vec::new();
+        for item in self.tree.range(start..) {
+            let (k, _) = item?;
+            if !k.starts_with(prefix.as_bytes()) || out.len() >= limit {
+                break;
+            }
+            out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// Number of live customers.
+    pub fn count(&self) -> usize {
+        self.tree.scan_prefix(b"v/").count()
+    }
+
+    /// Timeline of a customer, newest first, skipping `offset` entries.
+    pub fn timeline(&self, id: &str, offset: usize, limit: usize) -> Result<Vec<TimelineEntry>, ProjectionError> {
+        let id = self.resolve(id)?;
+        let mut out = Vec::new();
+        for item in self
+            .tree
+            .scan_prefix(timeline_prefix(&id))
+            .rev()
+            .skip(offset)
+            .take(limit)
+        {
+            let (k, v) = item?;
+            out.push(serde_json::from_slice(&v).map_err(|source| ProjectionError::BadView {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                source,
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Every key and value, for comparing a rebuilt store with the live one.
+    pub fn digest(&self) -> Result<(usize, u64), ProjectionError> {
+        let mut hasher = crc32fast::Hasher::new();
+        let mut n = 0;
+        for item in self.tree.iter() {
+            let (k, v) = item?;
+            if k.as_ref() == CHECKPOINT {
+                continue;
+            }
+            hasher.update(&(k.len() as u64).to_le_bytes());
+            hasher.update(&k);
+            hasher.update(&(v.len() as u64).to_le_bytes());
+            hasher.update(&v);
+            n += 1;
+        }
+        Ok((n, hasher.finalize() as u64))
+    }
+
+    /// Flushes the view store to disk.
+    pub async fn flush(&self) -> Result<(), ProjectionError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+fn encode_position(p: GlobalPosition) -> Vec<u8> {
+    let mut v = p.commit.to_be_bytes().to_vec();
+    v.extend_from_slice(&p.prepare.to_be_bytes());
+    v
+}
+
+fn decode_position(v: &[u8]) -> Option<GlobalPosition> {
+    if v.len() != 16 {
+        return None;
+    }
+    let mut c = [0u8; 8];
+    let mut p = [0u8; 8];
+    c.copy_from_slice(&v[..8]);
+    p.copy_from_slice(&v[8..]);
+    Some(GlobalPosition {
+        commit: u64::from_be_bytes(c),
+        prepare: u64::from_be_bytes(p),
+    })
+}
+
+/// Pending changes of one batch: typed views plus raw key writes, read through to the tree.
+struct Overlay<'a> {
+    store: &'a ViewStore,
+    views: HashMap<String, Option<CustomerView>>,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> Overlay<'a> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
+        match self.writes.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => Ok(self.store.tree.get(key)?.map(|v| v.to_vec())),
+        }
+    }
+
+    fn resolve(&self, id: &str) -> Result<String, ProjectionError> {
+        let mut current = id.to_string();
+        for _ in 0..64 {
+            match self.get(&alias_key(&current))? {
+                Some(v) => current = String::from_utf8_lossy(&v).into_owned(),
+                None => break,
+            }
+        }
+        Ok(current)
+    }
+
+    fn view(&mut self, id: &str) -> Result<Option<&mut CustomerView>, ProjectionError> {
+        if !self.views.contains_key(id) {
+            let v = self.store.get_view(id)?;
+            self.views.insert(id.to_string(), v);
+        }
+        Ok(self.views.get_mut(id).and_then(|v| v.as_mut()))
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert(key, Some(value));
+    }
+
+    fn remove(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, None);
+    }
+
+    /// Keys under a prefix, as the tree plus this batch's writes see them.
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProjectionError> {
+        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for item in self.store.tree.scan_prefix(prefix) {
+            let (k, v) = item?;
+            out.insert(k.to_vec(), v.to_vec());
+        }
+        for (k, v) in self.writes.range(prefix.to_vec()..) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            match v {
+                Some(v) => out.insert(k.clone(), v.clone()),
+                None => out.remove(k),
+            };
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    fn commit(self, position: GlobalPosition) -> Result<(), ProjectionError> {
+        let mut batch = sled::Batch::default();
+        for (id, view) in self.views {
+            match view {
+                Some(v) => batch.insert(
+                    view_key(&id),
+                    serde_json::to_vec(&v).map_err(|source| ProjectionError::BadView { key: id, source })?,
+                ),
+                None => batch.remove(view_key(&id)),
+            }
+        }
+        for (k, v) in self.writes {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        batch.insert(CHECKPOINT, encode_position(position));
+        self.store.tree.apply_batch(batch)?;
+        Ok(())
+    }
+}
+
+/// Applies customer events to the views.
+pub struct Projector {
+    views: ViewStore,
+    region: phonenumber::country::Id,
+}
+
+impl Projector {
+    pub fn new(views: ViewStore, region: phonenumber::country::Id) -> Self {
+        Projector { views, region }
+    }
+
+    pub fn views(&self) -> &ViewStore {
+        &self.views
+    }
+
+    /// Applies a batch of events (in global order) atomically with the checkpoint.
+    /// Events at or before the checkpoint are skipped.
+    pub fn apply(&self, events: &[RecordedEvent]) -> Result<usize, ProjectionError> {
+        let checkpoint = self.views.checkpoint()?;
+        let mut overlay = Overlay {
+            store: &self.views,
+            views: HashMap::new(),
+            writes: BTreeMap::new(),
+        };
+        let mut last = None;
+        let mut applied = 0;
+        for e in events {
+            if checkpoint.is_some_and(|c| e.position <= c) {
+                continue;
+            }
+            last = Some(e.position);
+            if !e.stream.starts_with("customer-") {
+                continue;
+            }
+            match CustomerEvent::from_recorded(e) {
+                Ok(ev) => {
+                    self.apply_one(&mut overlay, &ev, e)?;
+                    applied += 1;
+                }
+                Err(err) => {
+                    tracing::warn!(stream = %e.stream, revision = e.revision, error = %err, "skipping unreadable customer event");
+                    metrics::counter!("projection_unreadable_events_total").increment(1);
+                }
+            }
+        }
+        if let Some(last) = last {
+            overlay.commit(last)?;
+        }
+        Ok(applied)
+    }
+
+    fn apply_one(
+        &self,
+        o: &mut Overlay<'_>,
+        ev: &CustomerEvent,
+        recorded: &RecordedEvent,
+    ) -> Result<(), ProjectionError> {
+        match ev {
+            CustomerEvent::Registered(r) => {
+                let id = o.resolve(&r.customer_id)?;
+                let at = r
+                    .provenance
+                    .as_ref()
+                    .map(|p| p.occurred_at_us)
+                    .unwrap_or(recorded.recorded_at_us);
+                if o.view(&id)?.is_none() {
+                    o.views.insert(
+                        id.clone(),
+                        Some(CustomerView {
+                            id: id.clone(),
+                            created_at_us: at,
+                            updated_at_us: at,
+                            ..Default::default()
+                        }),
+                    );
+                }
+            }
+            CustomerEvent::IdentifierAttached(a) => {
+                let id = o.resolve(&a.customer_id)?;
+                if let Some(ident) = &a.identifier {
+                    let source = Source::from_provenance(a.provenance.as_ref());
+                    if let Some(view) = o.view(&id)? {
+                        add_identifier(view, ident, source);
+                    }
+                    o.put(ident_key(&ident.kind, &ident.scope, &ident.normalized), id.into_bytes());
+                }
+            }
+            CustomerEvent::ActivityRecorded(a) => {
+                let id = o.resolve(&a.customer_id)?;
+                let region = self.region;
+                let source = Source::from_provenance(a.provenance.as_ref());
+                let Some(view) = o.view(&id)? else { return Ok(()) };
+                let entry = record_activity(view, a, &source, region);
+                let channel = source.channel.clone();
+                o.put(
+                    timeline_key(&id, entry.at_us, &entry.event_id),
+                    serde_json::to_vec(&entry).map_err(|source| ProjectionError::BadView {
+                        key: id.clone(),
+                        source,
+                    })?,
+                );
+                o.put(channel_key(&channel, &id), Vec::new());
+            }
+            CustomerEvent::Merged(m) => {
+                let survivor = o.resolve(&m.survivor_id)?;
+                let absorbed = o.resolve(&m.absorbed_id)?;
+                if survivor == absorbed {
+                    return Ok(());
+                }
+                let Some(gone) = o.view(&absorbed)?.cloned() else {
+                    return Ok(());
+                };
+                o.views.insert(absorbed.clone(), None);
+                o.put(alias_key(&absorbed), survivor.clone().into_bytes());
+                for ident in &gone.identifiers {
+                    o.put(
+                        ident_key(&ident.kind, &ident.scope, &ident.normalized),
+                        survivor.clone().into_bytes(),
+                    );
+                }
+                for ch in &gone.channels {
+                    o.remove(channel_key(&ch.channel, &absorbed));
+                    o.put(channel_key(&ch.channel, &survivor), Vec::new());
+                }
+                for (k, v) in o.scan(&timeline_prefix(&absorbed))? {
+                    let suffix = k[timeline_prefix(&absorbed).len()..].to_vec();
+                    let mut nk = timeline_prefix(&survivor);
+                    nk.extend_from_slice(&suffix);
+                    o.remove(k);
+                    o.put(nk, v);
+                }
+                if let Some(view) = o.view(&survivor)? {
+                    merge_views(view, gone);
+                }
+            }
+            CustomerEvent::MergedInto(_) | CustomerEvent::IdentifierClaimed(_) | CustomerEvent::Split(_) => {}
+        }
+        Ok(())
+    }
+}
+
+fn add_identifier(view: &mut CustomerView, ident: &Identifier, source: Source) {
+    match view
+        .identifiers
+        .iter_mut()
+        .find(|i| i.kind == ident.kind && i.scope == ident.scope && i.normalized == ident.normalized)
+    {
+        Some(existing) => {
+            if !existing.raw.contains(&ident.raw) {
+                existing.raw.push(ident.raw.clone());
+            }
+        }
+        None => view.identifiers.push(IdentifierEntry {
+            kind: ident.kind.clone(),
+            normalized: ident.normalized.clone(),
+            scope: ident.scope.clone(),
+            raw: vec![ident.raw.clone()],
+            source,
+        }),
+    }
+}
+
+fn set_field(view: &mut CustomerView, name: &str, value: &str, source: &Source) {
+    let value = value.trim();
+    if value.is_empty() {
+        return;
+    }
+    match view.fields.get_mut(name) {
+        Some(f) if f.value == value => {}
+        Some(f) => {
+            let old = FieldValue {
+                value: std::mem::replace(&mut f.value, value.to_string()),
+                source: std::mem::replace(&mut f.source, source.clone()),
+            };
+            f.previous.push(old);
+        }
+        None => {
+            view.fields.insert(
+                name.to_string(),
+                FieldEntry {
+                    value: value.to_string(),
+                    source: source.clone(),
+                    previous: Vec::new(),
+                },
+            );
+        }
+    }
+}
+
+fn record_activity(
+    view: &mut CustomerView,
+    a: &proto::customer::ActivityRecordedV1,
+    source: &Source,
+    region: phonenumber::country::Id,
+) -> TimelineEntry {
+    let obs = a.observation.clone().unwrap_or_default();
+    let at = source.occurred_at_us;
+    view.updated_at_us = view.updated_at_us.max(at);
+    view.timeline_count += 1;
+    if let Some(s) = &obs.subject {
+        for (name, value) in [
+            ("name", &s.name),
+            ("company", &s.company),
+            ("title", &s.title),
+            ("industry", &s.industry),
+            ("company_size", &s.company_size),
+            ("region", &s.region),
+            ("address", &s.address),
+            ("birth_date", &s.birth_date),
+        ] {
+            set_field(view, name, value, source);
+        }
+        for (k, v) in &s.attributes {
+            set_field(view, &format!("attr.{k}"), v, source);
+        }
+        // Other spellings of identifiers the customer already has.
+        for raw in &s.identifiers {
+            if let Ok(ident) = domain::identity::normalise(raw, region)
+                && view
+                    .identifiers
+                    .iter()
+                    .any(|i| i.kind == ident.kind && i.scope == ident.scope && i.normalized == ident.normalized)
+            {
+                add_identifier(view, &ident, source.clone());
+            }
+        }
+    }
+    let attribution = Attribution::from_proto(obs.attribution.as_ref());
+    match view
+        .channels
+        .iter_mut()
+        .find(|c| c.channel == source.channel && c.instance == source.instance)
+    {
+        Some(c) => {
+            c.count += 1;
+            c.first_at_us = c.first_at_us.min(at);
+            c.last_at_us = c.last_at_us.max(at);
+            if let Some(a) = &attribution
+                && !c.attributions.contains(a)
+            {
+                c.attributions.push(a.clone());
+            }
+        }
+        None => view.channels.push(ChannelEntry {
+            channel: source.channel.clone(),
+            instance: source.instance.clone(),
+            first_at_us: at,
+            last_at_us: at,
+            count: 1,
+            attributions: attribution.iter().cloned().collect(),
+        }),
+    }
+    let touch = Touch {
+        channel: source.channel.clone(),
+        instance: source.instance.clone(),
+        at_us: at,
+        attribution: attribution.clone(),
+        event_id: source.event_id.clone(),
+    };
+    if view
+        .first_touch
+        .as_ref()
+        .is_none_or(|t| (at, &touch.event_id) < (t.at_us, &t.event_id))
+    {
+        view.first_touch = Some(touch);
+    }
+    if let Some(c) = &obs.consent
+        && !c.marketing.is_empty()
+    {
+        view.consent.insert(
+            if c.scope.is_empty() {
+                source.channel.clone()
+            } else {
+                c.scope.clone()
+            },
+            ConsentEntry {
+                status: c.marketing.clone(),
+                source: source.clone(),
+            },
+        );
+    }
+    let interaction = obs.interaction.unwrap_or_default();
+    let order = interaction.order.unwrap_or_default();
+    if !order.order_id.is_empty() {
+        view.order_count += 1;
+        view.order_total_cents += order.total_cents;
+    }
+    TimelineEntry {
+        at_us: at,
+        channel: source.channel.clone(),
+        instance: source.instance.clone(),
+        kind: interaction.kind,
+        event_type: a.event_type.clone(),
+        summary: interaction.summary,
+        event_id: source.event_id.clone(),
+        attribution,
+        order_id: order.order_id,
+        order_total_cents: order.total_cents,
+        details: interaction.details,
+    }
+}
+
+fn merge_views(survivor: &mut CustomerView, gone: CustomerView) {
+    survivor.created_at_us = survivor.created_at_us.min(gone.created_at_us);
+    survivor.updated_at_us = survivor.updated_at_us.max(gone.updated_at_us);
+    for ident in gone.identifiers {
+        match survivor
+            .identifiers
+            .iter_mut()
+            .find(|i| i.kind == ident.kind && i.scope == ident.scope && i.normalized == ident.normalized)
+        {
+            Some(existing) => {
+                for r in ident.raw {
+                    if !existing.raw.contains(&r) {
+                        existing.raw.push(r);
+                    }
+                }
+            }
+            None => survivor.identifiers.push(ident),
+        }
+    }
+    for (name, field) in gone.fields {
+        match survivor.fields.get_mut(&name) {
+            None => {
+                survivor.fields.insert(name, field);
+            }
+            // The most recent value wins; the other is kept in the history.
+            Some(f) if field.source.occurred_at_us > f.source.occurred_at_us => {
+                let old = std::mem::replace(f, field);
+                f.previous.push(FieldValue {
+                    value: old.value,
+                    source: old.source,
+                });
+            }
+            Some(f) => f.previous.push(FieldValue {
+                value: field.value,
+                source: field.source,
+            }),
+        }
+    }
+    for ch in gone.channels {
+        match survivor
+            .channels
+            .iter_mut()
+            .find(|c| c.channel == ch.channel && c.instance == ch.instance)
+        {
+            Some(c) => {
+                c.count += ch.count;
+                c.first_at_us = c.first_at_us.min(ch.first_at_us);
+                c.last_at_us = c.last_at_us.max(ch.last_at_us);
+                for a in ch.attributions {
+                    if !c.attributions.contains(&a) {
+                        c.attributions.push(a);
+                    }
+                }
+            }
+            None => survivor.channels.push(ch),
+        }
+    }
+    if let Some(t) = gone.first_touch
+        && survivor
+            .first_touch
+            .as_ref()
+            .is_none_or(|s| (t.at_us, &t.event_id) < (s.at_us, &s.event_id))
+    {
+        survivor.first_touch = Some(t);
+    }
+    for (k, c) in gone.consent {
+        survivor.consent.entry(k).or_insert(c);
+    }
+    survivor.order_count += gone.order_count;
+    survivor.order_total_cents += gone.order_total_cents;
+    survivor.timeline_count += gone.timeline_count;
+    survivor.merged_from.push(gone.id);
+    survivor.merged_from.extend(gone.merged_from);
+}

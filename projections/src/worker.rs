@@ -1,0 +1,96 @@
+//! Follows the event store and feeds the projector in batches; rebuilds views.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, StreamExt};
+use store::EventStore;
+use tokio::sync::watch;
+
+use crate::projector::{ProjectionError, Projector};
+
+/// Most events applied in one atomic batch.
+const BATCH: usize = 2048;
+
+/// Follows the store from the checkpoint until `shutdown`; the batch in hand is finished first.
+pub async fn follow(
+    store: Arc<dyn EventStore>,
+    projector: Arc<Projector>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ProjectionError> {
+    let from = projector.views().checkpoint()?;
+    tracing::info!(?from, store = store.kind(), "projector following the event store");
+    let mut events = store.subscribe_all(from);
+    loop {
+        let first = tokio::select! {
+            e = events.next() => e,
+            _ = shutdown.changed() => break,
+        };
+        let Some(first) = first else { break };
+        let mut batch = Vec::with_capacity(64);
+        match first {
+            Ok(e) => batch.push(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "subscription error; it reconnects by itself");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        }
+        while batch.len() < BATCH {
+            match events.next().now_or_never() {
+                Some(Some(Ok(e))) => batch.push(e),
+                _ => break,
+            }
+        }
+        let started = Instant::now();
+        let p = projector.clone();
+        let n = batch.len();
+        tokio::task::spawn_blocking(move || p.apply(&batch))
+            .await
+            .map_err(|e| ProjectionError::Store(store::StoreError::Io(e.to_string())))??;
+        metrics::counter!("projection_events_applied_total").increment(n as u64);
+        metrics::histogram!("projection_batch_seconds").record(started.elapsed().as_secs_f64());
+        if let Ok(Some(cp)) = projector.views().checkpoint() {
+            metrics::gauge!("projection_checkpoint_position").set(cp.commit as f64);
+        }
+    }
+    tracing::info!("projector stopped");
+    Ok(())
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayReport {
+    pub events: u64,
+    pub elapsed: Duration,
+}
+
+impl ReplayReport {
+    pub fn events_per_second(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Rebuilds every view from position zero into `projector` (a fresh view store).
+pub async fn replay(
+    store: &dyn EventStore,
+    projector: &Projector,
+    mut progress: impl FnMut(u64),
+) -> Result<ReplayReport, ProjectionError> {
+    let started = Instant::now();
+    let mut after = projector.views().checkpoint()?;
+    let mut total = 0u64;
+    loop {
+        let events = store.read_all(after, 20_000).await?;
+        let Some(last) = events.last() else { break };
+        after = Some(last.position);
+        total += events.len() as u64;
+        tokio::task::block_in_place(|| projector.apply(&events))?;
+        progress(total);
+    }
+    projector.views().flush().await?;
+    Ok(ReplayReport {
+        events: total,
+        elapsed: started.elapsed(),
+    })
+}
