@@ -6,7 +6,11 @@ use std::sync::Arc;
 
 use crate::channel::Channel;
 
+pub mod shopify;
 pub mod web_form;
+pub mod webhook;
+pub mod wechat;
+pub mod youzan;
 
 /// One configured channel, as written in the config file (`[[channels]]` with `type = "..."`).
 /// Secrets are not written here: each names the environment variable that holds it.
@@ -14,6 +18,11 @@ pub mod web_form;
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ChannelConfig {
     WebForm(web_form::WebFormConfig),
+    #[serde(rename = "wechat")]
+    WeChat(wechat::WeChatConfig),
+    Youzan(youzan::YouzanConfig),
+    Shopify(shopify::ShopifyConfig),
+    Webhook(webhook::WebhookConfig),
 }
 
 /// Why the channel configuration cannot be used.
@@ -37,6 +46,10 @@ pub fn build(configs: &[ChannelConfig], env: &dyn Fn(&str) -> Option<String>) ->
     for config in configs {
         let channel: Arc<dyn Channel> = match config {
             ChannelConfig::WebForm(c) => Arc::new(web_form::WebForm::new(c.clone())?),
+            ChannelConfig::WeChat(c) => Arc::new(wechat::WeChat::new(c.clone(), env)?),
+            ChannelConfig::Youzan(c) => Arc::new(youzan::Youzan::new(c.clone(), env)?),
+            ChannelConfig::Shopify(c) => Arc::new(shopify::Shopify::new(c.clone(), env)?),
+            ChannelConfig::Webhook(c) => Arc::new(webhook::Webhook::new(c.clone(), env)?),
         };
         if out.iter().any(|c| c.kind() == channel.kind() && c.instance() == channel.instance()) {
             return Err(ChannelConfigError::Duplicate {
