@@ -11,9 +11,16 @@
 //! `0xFF` never occurs in UTF-8, so a stream's keys never interleave with a stream whose
 //! name it prefixes.
 //!
-//! Every append is one sled multi-tree transaction, and appends are serialised by an
-//! in-process lock: sequence numbers are assigned under that lock and become visible in
-//! order, so a reader of the log never sees a gap that fills in later. That is what lets
+//! Appends go to one writer thread that commits them as one sled multi-tree transaction per
+//! *group*: every append waiting when the writer becomes free joins the group (group commit).
+//! Each append in a group is checked against the state left by the ones before it, and a
+//! failing one (wrong expected revision) writes nothing and does not affect the others.
+//! Measured on this project's 2-core machine (`examples/throughput.rs`, 300-byte events,
+//! machine shared with other builds): about 12-16k appends/s acknowledged with 1 append in
+//! flight and about 15k/s with 64 in flight (groups of ~40); sled's own I/O threads take about
+//! half the CPU. Throughput grows with appends in flight, so the domain should keep several.
+//! Sequence numbers are assigned by that single writer and become visible in order, so a
+//! reader of the log never sees a gap that fills in later. That is what lets
 //! [`EventStore::subscribe_all`] follow the log without gaps or duplicates.
 //!
 //! Durability invariant: an acknowledged `append` is atomic and visible but *not yet
@@ -21,12 +28,15 @@
 //! before the call durable. Callers that acknowledge anything to the outside world (the
 //! domain committing bus offsets) must call `sync()` first; a crash before `sync()` may
 //! lose a suffix of recent appends, never a middle part, and never reuses a sequence that
-//! was made durable.
+//! was made durable. sled also flushes in the background every 500 ms, but with a write
+//! backlog one `sync()` can take seconds: call it per batch of bus messages (or on a timer),
+//! not per event.
 //!
 //! Not here: the KurrentDB adapter (`kurrent`), the port itself (`lib.rs`).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::stream::BoxStream;
@@ -40,6 +50,8 @@ use crate::{AppendOutcome, EventStore, ExpectedRevision, GlobalPosition, NewEven
 const SEP: u8 = 0xFF;
 /// How many events a live subscription reads from the log per batch.
 const SUBSCRIPTION_BATCH: usize = 512;
+/// Most appends committed in one sled transaction.
+const MAX_GROUP: usize = 256;
 
 /// The embedded event store. Cheap to clone (all clones share one database).
 #[derive(Clone)]
@@ -50,14 +62,39 @@ pub struct SledStore {
 struct Inner {
     db: sled::Db,
     path: PathBuf,
+    trees: Trees,
+    /// Last committed sequence, bumped by the writer after each group so live subscribers
+    /// wake up without polling.
+    tip: watch::Receiver<u64>,
+    /// Requests to the writer thread; `None` only while dropping.
+    requests: Option<mpsc::Sender<AppendRequest>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+#[derive(Clone)]
+struct Trees {
     log: Tree,
     stream_index: Tree,
     stream_heads: Tree,
     event_ids: Tree,
-    /// Serialises appends; holds the last assigned sequence (0 = none yet).
-    last_sequence: Mutex<u64>,
-    /// Last committed sequence, bumped after each append so live subscribers wake up.
-    tip: watch::Sender<u64>,
+}
+
+struct AppendRequest {
+    stream: String,
+    expected: ExpectedRevision,
+    events: Vec<NewEvent>,
+    reply: tokio::sync::oneshot::Sender<Result<AppendOutcome, StoreError>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Close the queue, then wait for the writer so the database is closed (and its
+        // file lock released) when the last handle is gone: a reopen right after works.
+        self.requests.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for SledStore {
@@ -95,25 +132,35 @@ impl SledStore {
             db.open_tree(name)
                 .map_err(|e| StoreError::Io(format!("cannot open tree {name} in {}: {e}", path.display())))
         };
-        let log = tree("log")?;
-        let stream_index = tree("stream_index")?;
-        let stream_heads = tree("stream_heads")?;
-        let event_ids = tree("event_ids")?;
-        let last = match log.last().map_err(io("read the last log entry"))? {
+        let trees = Trees {
+            log: tree("log")?,
+            stream_index: tree("stream_index")?,
+            stream_heads: tree("stream_heads")?,
+            event_ids: tree("event_ids")?,
+        };
+        let last = match trees.log.last().map_err(io("read the last log entry"))? {
             Some((key, _)) => decode_u64(&key, "log key")?,
             None => 0,
         };
-        let (tip, _) = watch::channel(last);
+        let (tip_tx, tip) = watch::channel(last);
+        let (requests, queue) = mpsc::channel();
+        let writer = Writer {
+            trees: trees.clone(),
+            last_sequence: last,
+            tip: tip_tx,
+        };
+        let writer = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run(queue))
+            .map_err(|e| StoreError::Io(format!("cannot start the embedded event store writer thread: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 path,
-                log,
-                stream_index,
-                stream_heads,
-                event_ids,
-                last_sequence: Mutex::new(last),
+                trees,
                 tip,
+                requests: Some(requests),
+                writer: Some(writer),
             }),
         })
     }
@@ -168,97 +215,162 @@ fn check_expected(stream: &str, expected: ExpectedRevision, actual: Option<u64>)
     }
 }
 
-impl Inner {
-    fn append_blocking(
-        &self,
-        stream: &str,
-        expected: ExpectedRevision,
-        mut events: Vec<NewEvent>,
-    ) -> Result<AppendOutcome, StoreError> {
-        // Duplicate ids inside one batch: keep the first, like a redelivery would.
-        let mut seen = std::collections::HashSet::with_capacity(events.len());
-        events.retain(|e| seen.insert(e.event_id));
-        let recorded_at_us = now_us();
+/// The single writer: owns sequence assignment, commits groups of appends.
+struct Writer {
+    trees: Trees,
+    last_sequence: u64,
+    tip: watch::Sender<u64>,
+}
 
-        let mut last_sequence = self.last_sequence.lock().map_err(|_| {
-            StoreError::Io("embedded event store: an earlier append panicked; restart the process".into())
-        })?;
-        let first_sequence = *last_sequence + 1;
-
-        let trees = (&self.log, &self.stream_index, &self.stream_heads, &self.event_ids);
-        let result = trees.transaction(|(log, index, heads, ids)| {
-            let head = match heads.get(stream.as_bytes())? {
-                Some(v) => Some(decode_u64(&v, "stream head").map_err(ConflictableTransactionError::Abort)?),
-                None => None,
-            };
-            let mut fresh = Vec::with_capacity(events.len());
-            for event in &events {
-                if ids.get(stream_key(stream, event.event_id.as_bytes()))?.is_none() {
-                    fresh.push(event);
+impl Writer {
+    fn run(mut self, queue: mpsc::Receiver<AppendRequest>) {
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        while let Ok(first) = queue.recv() {
+            group.push(first);
+            while group.len() < MAX_GROUP {
+                match queue.try_recv() {
+                    Ok(next) => group.push(next),
+                    Err(_) => break,
                 }
             }
-            if fresh.is_empty() && head.is_some() {
-                // Pure redelivery: every id is already there, whatever `expected` says.
-                return Ok(AppendOutcome {
-                    last_revision: head.unwrap_or(0),
-                    appended: 0,
-                    position: None,
-                });
+            let results = self.commit_group(&mut group);
+            for (request, result) in group.drain(..).zip(results) {
+                // The caller may have gone away (cancelled future): nothing to tell.
+                let _ = request.reply.send(result);
             }
-            check_expected(stream, expected, head).map_err(ConflictableTransactionError::Abort)?;
-            if fresh.is_empty() {
-                // Empty batch on a stream that does not exist: nothing to write.
-                return Ok(AppendOutcome {
-                    last_revision: 0,
-                    appended: 0,
-                    position: None,
-                });
-            }
-            let mut revision = head.map_or(0, |h| h + 1);
-            let mut sequence = first_sequence;
-            let mut buf = Vec::new();
-            for event in &fresh {
-                buf.clear();
-                record::encode(&mut buf, stream, revision, recorded_at_us, event);
-                log.insert(&sequence.to_be_bytes(), buf.as_slice())?;
-                index.insert(stream_key(stream, &revision.to_be_bytes()), &sequence.to_be_bytes())?;
-                ids.insert(stream_key(stream, event.event_id.as_bytes()), &revision.to_be_bytes())?;
-                revision += 1;
-                sequence += 1;
-            }
-            let last_revision = revision - 1;
-            let last_seq = sequence - 1;
-            heads.insert(stream.as_bytes(), &last_revision.to_be_bytes())?;
-            Ok(AppendOutcome {
-                last_revision,
-                appended: fresh.len(),
-                position: Some(GlobalPosition {
-                    commit: last_seq,
-                    prepare: last_seq,
-                }),
-            })
-        });
-        let outcome = match result {
-            Ok(outcome) => outcome,
-            Err(TransactionError::Abort(e)) => return Err(e),
-            Err(TransactionError::Storage(e)) => {
-                return Err(StoreError::Io(format!(
-                    "embedded event store: append to {stream} failed: {e}"
-                )));
-            }
-        };
-        if let Some(pos) = outcome.position {
-            *last_sequence = pos.commit;
-            // Bump while still holding the lock so the tip only ever moves forward.
-            self.tip.send_replace(pos.commit);
         }
-        Ok(outcome)
     }
 
+    /// Commits every acceptable append of `group` in one transaction; one result per request.
+    fn commit_group(&mut self, group: &mut [AppendRequest]) -> Vec<Result<AppendOutcome, StoreError>> {
+        for request in group.iter_mut() {
+            // Duplicate ids inside one batch: keep the first, like a redelivery would.
+            let mut seen = std::collections::HashSet::with_capacity(request.events.len());
+            request.events.retain(|e| seen.insert(e.event_id));
+        }
+        let recorded_at_us = now_us();
+        let first_sequence = self.last_sequence + 1;
+        let t = &self.trees;
+        let result = (&t.log, &t.stream_index, &t.stream_heads, &t.event_ids).transaction(|trees| {
+            let mut sequence = first_sequence;
+            let mut buf = Vec::new();
+            let mut results = Vec::with_capacity(group.len());
+            for request in group.iter() {
+                let result = append_in_tx(trees, request, recorded_at_us, &mut sequence, &mut buf)?;
+                results.push(result);
+            }
+            Ok((results, sequence - 1))
+        });
+        match result {
+            Ok((results, last_sequence)) => {
+                if last_sequence > self.last_sequence {
+                    self.last_sequence = last_sequence;
+                    self.tip.send_replace(last_sequence);
+                }
+                results
+            }
+            Err(TransactionError::Abort(())) => unreachable_abort(group.len()),
+            Err(TransactionError::Storage(e)) => group
+                .iter()
+                .map(|r| {
+                    Err(StoreError::Io(format!(
+                        "embedded event store: append to {} failed: {e}; nothing of it was written",
+                        r.stream
+                    )))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The transaction never aborts as a whole (a failing append only fails itself).
+fn unreachable_abort(n: usize) -> Vec<Result<AppendOutcome, StoreError>> {
+    (0..n)
+        .map(|_| {
+            Err(StoreError::Io(
+                "embedded event store: transaction aborted unexpectedly".into(),
+            ))
+        })
+        .collect()
+}
+
+type TxTrees = (
+    sled::transaction::TransactionalTree,
+    sled::transaction::TransactionalTree,
+    sled::transaction::TransactionalTree,
+    sled::transaction::TransactionalTree,
+);
+
+/// One append inside the group transaction. Checks happen before any write, so an `Err`
+/// in the returned result means this append wrote nothing.
+fn append_in_tx(
+    (log, index, heads, ids): &TxTrees,
+    request: &AppendRequest,
+    recorded_at_us: i64,
+    sequence: &mut u64,
+    buf: &mut Vec<u8>,
+) -> Result<Result<AppendOutcome, StoreError>, ConflictableTransactionError<()>> {
+    let stream = request.stream.as_str();
+    let head = match heads.get(stream.as_bytes())? {
+        Some(v) => match decode_u64(&v, "stream head") {
+            Ok(h) => Some(h),
+            Err(e) => return Ok(Err(e)),
+        },
+        None => None,
+    };
+    let mut fresh = Vec::with_capacity(request.events.len());
+    for event in &request.events {
+        if ids.get(stream_key(stream, event.event_id.as_bytes()))?.is_none() {
+            fresh.push(event);
+        }
+    }
+    if let (true, Some(head)) = (fresh.is_empty(), head) {
+        // Pure redelivery: every id is already there, whatever `expected` says.
+        return Ok(Ok(AppendOutcome {
+            last_revision: head,
+            appended: 0,
+            position: None,
+        }));
+    }
+    if let Err(e) = check_expected(stream, request.expected, head) {
+        return Ok(Err(e));
+    }
+    if fresh.is_empty() {
+        // Empty batch on a stream that does not exist: nothing to write, nothing to report.
+        return Ok(Ok(AppendOutcome {
+            last_revision: 0,
+            appended: 0,
+            position: None,
+        }));
+    }
+    let mut revision = head.map_or(0, |h| h + 1);
+    for event in &fresh {
+        buf.clear();
+        record::encode(buf, stream, revision, recorded_at_us, event);
+        log.insert(&sequence.to_be_bytes(), buf.as_slice())?;
+        index.insert(stream_key(stream, &revision.to_be_bytes()), &sequence.to_be_bytes())?;
+        ids.insert(stream_key(stream, event.event_id.as_bytes()), &revision.to_be_bytes())?;
+        revision += 1;
+        *sequence += 1;
+    }
+    let last_revision = revision - 1;
+    heads.insert(stream.as_bytes(), &last_revision.to_be_bytes())?;
+    let last = *sequence - 1;
+    Ok(Ok(AppendOutcome {
+        last_revision,
+        appended: fresh.len(),
+        position: Some(GlobalPosition {
+            commit: last,
+            prepare: last,
+        }),
+    }))
+}
+
+impl Inner {
     fn read_log(&self, after: Option<GlobalPosition>, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         let start = after.map_or(0, |p| p.commit.saturating_add(1));
         let mut out = Vec::with_capacity(max.min(4096));
-        for item in self.log.range(start.to_be_bytes()..).take(max) {
+        for item in self.trees.log.range(start.to_be_bytes()..).take(max) {
             let (key, value) = item.map_err(io("read the global log"))?;
             let sequence = decode_u64(&key, "log key")?;
             out.push(record::decode(sequence, &value)?);
@@ -270,10 +382,10 @@ impl Inner {
         let start = stream_key(stream, &from.to_be_bytes());
         let end = stream_key(stream, &u64::MAX.to_be_bytes());
         let mut out = Vec::new();
-        for item in self.stream_index.range(start..=end).take(max) {
+        for item in self.trees.stream_index.range(start..=end).take(max) {
             let (_, seq) = item.map_err(io("read the stream index"))?;
             let sequence = decode_u64(&seq, "stream index value")?;
-            let value: IVec = self.log.get(seq)?.ok_or_else(|| {
+            let value: IVec = self.trees.log.get(seq)?.ok_or_else(|| {
                 StoreError::Corrupt(format!(
                     "stream {stream} points at log sequence {sequence}, which is missing"
                 ))
@@ -298,7 +410,18 @@ impl EventStore for SledStore {
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, StoreError> {
-        self.inner.append_blocking(stream, expected, events)
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        let request = AppendRequest {
+            stream: stream.to_owned(),
+            expected,
+            events,
+            reply,
+        };
+        let writer_gone =
+            || StoreError::Io("embedded event store: the writer thread has stopped; restart the process".into());
+        let requests = self.inner.requests.as_ref().ok_or_else(writer_gone)?;
+        requests.send(request).map_err(|_| writer_gone())?;
+        outcome.await.map_err(|_| writer_gone())?
     }
 
     async fn read_stream(
@@ -311,7 +434,7 @@ impl EventStore for SledStore {
     }
 
     async fn stream_revision(&self, stream: &str) -> Result<Option<u64>, StoreError> {
-        match self.inner.stream_heads.get(stream.as_bytes())? {
+        match self.inner.trees.stream_heads.get(stream.as_bytes())? {
             Some(v) => Ok(Some(decode_u64(&v, "stream head")?)),
             None => Ok(None),
         }
@@ -324,7 +447,7 @@ impl EventStore for SledStore {
     fn subscribe_all(&self, after: Option<GlobalPosition>) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
         let state = Subscription {
             inner: Arc::clone(&self.inner),
-            tip: self.inner.tip.subscribe(),
+            tip: self.inner.tip.clone(),
             after,
             buffer: std::collections::VecDeque::new(),
             failed: false,
