@@ -4,4 +4,5 @@
 
 pub mod channel;
 pub mod channels;
+pub mod http;
 pub mod import;

@@ -1,0 +1,248 @@
+//! The HTTP framework shared by every channel: `ANY /v1/channels/{kind}/{name}`.
+//! It reads the request, lets the channel verify and parse it, publishes the
+//! events on the bus and answers only once the bus has durably accepted all of
+//! them. Rejections are answered with a JSON body and kept by the
+//! [`RejectionSink`] (the quarantine). Per channel: metrics (accepted, rejected by
+//! reason, latency) and a tracing span.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::{Json, Router};
+use bus::{Ack, Bus, BusError, BusRecord};
+use proto::InboundEvent;
+use tracing::Instrument;
+
+use crate::channel::{Channel, ChannelRequest, RejectReason, Rejection, Reply};
+
+/// Largest body the framework reads; channels apply their own, smaller limits.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Where rejected requests are kept (the quarantine).
+pub trait RejectionSink: Send + Sync + 'static {
+    fn keep(&self, channel: &dyn Channel, request: &ChannelRequest, rejection: &Rejection);
+}
+
+/// A bus record for an inbound event: key, schema headers, payload.
+pub fn bus_record(event: &InboundEvent) -> BusRecord {
+    let schema = event.schema();
+    let version = schema.rsplit('V').next().unwrap_or("1").to_string();
+    BusRecord {
+        key: event.bus_key(),
+        headers: [
+            (bus::HEADER_EVENT_ID.to_string(), event.event_id().to_string()),
+            (bus::HEADER_SCHEMA.to_string(), schema.to_string()),
+            (bus::HEADER_SCHEMA_VERSION.to_string(), version),
+        ]
+        .into(),
+        payload: event.encode(),
+    }
+}
+
+/// Publishes events concurrently; returns once every one is durable.
+pub async fn publish_all(bus: &dyn Bus, events: &[InboundEvent]) -> Result<Vec<Ack>, BusError> {
+    futures_join(events.iter().map(|e| bus.publish(bus_record(e)))).await
+}
+
+async fn futures_join<F>(futs: impl Iterator<Item = F>) -> Result<Vec<Ack>, BusError>
+where
+    F: std::future::Future<Output = Result<Ack, BusError>>,
+{
+    let mut out = Vec::new();
+    for r in futures::future::join_all(futs).await {
+        out.push(r?);
+    }
+    Ok(out)
+}
+
+/// Shared state of the channel endpoints.
+#[derive(Clone)]
+pub struct IngestState {
+    pub bus: Arc<dyn Bus>,
+    pub channels: Arc<Vec<Arc<dyn Channel>>>,
+    pub rejections: Option<Arc<dyn RejectionSink>>,
+    /// How long to wait for the bus before answering 503.
+    pub publish_timeout: Duration,
+}
+
+impl IngestState {
+    /// The channel mounted at `/v1/channels/{kind}/{name}`: an exact name first, then `*`.
+    pub fn channel(&self, kind: &str, name: &str) -> Option<Arc<dyn Channel>> {
+        let by = |n: &str| {
+            self.channels
+                .iter()
+                .find(|c| c.kind() == kind && c.instance() == n)
+                .cloned()
+        };
+        by(name).or_else(|| by("*"))
+    }
+
+    /// Runs a request through a channel and publishes what it yields (HTTP and quarantine replay).
+    pub async fn process(&self, channel: &dyn Channel, request: &ChannelRequest) -> Result<Reply, ProcessError> {
+        let accepted = match channel.handle(request) {
+            Ok(a) => a,
+            Err(rejection) => {
+                if let Some(sink) = &self.rejections {
+                    sink.keep(channel, request, &rejection);
+                }
+                return Err(ProcessError::Rejected(rejection));
+            }
+        };
+        let acks = tokio::time::timeout(self.publish_timeout, publish_all(self.bus.as_ref(), &accepted.events))
+            .await
+            .map_err(|_| {
+                ProcessError::Unavailable(format!(
+                    "the bus did not accept the event within {} ms",
+                    self.publish_timeout.as_millis()
+                ))
+            })?
+            .map_err(|e| ProcessError::Unavailable(e.to_string()))?;
+        Ok(accepted.reply.unwrap_or_else(|| {
+            let ids: Vec<&str> = accepted.events.iter().map(|e| e.event_id()).collect();
+            let body = match ids.as_slice() {
+                [one] => serde_json::json!({ "event_id": one, "offset": acks.first().map(|a| a.position.offset) }),
+                many => serde_json::json!({ "event_ids": many }),
+            };
+            Reply::json(202, &body)
+        }))
+    }
+}
+
+/// Why a request was not accepted.
+#[derive(Debug)]
+pub enum ProcessError {
+    Rejected(Rejection),
+    /// The bus could not persist it: nothing was accepted, the caller should retry.
+    Unavailable(String),
+}
+
+/// Notable things that happen here, each logged once and counted.
+mod emit {
+    use crate::channel::Rejection;
+
+    pub fn accepted(kind: &str, instance: &str, events: usize, elapsed: std::time::Duration) {
+        metrics::counter!("channel_events_accepted_total", "channel" => kind.to_string(), "instance" => instance.to_string())
+            .increment(events as u64);
+        metrics::histogram!("channel_request_seconds", "channel" => kind.to_string()).record(elapsed.as_secs_f64());
+    }
+    pub fn rejected(kind: &str, instance: &str, rejection: &Rejection) {
+        tracing::info!(reason = rejection.reason.as_str(), message = %rejection.message, "request rejected");
+        metrics::counter!("channel_requests_rejected_total", "channel" => kind.to_string(), "instance" => instance.to_string(), "reason" => rejection.reason.as_str())
+            .increment(1);
+    }
+    pub fn unavailable(kind: &str, message: &str) {
+        tracing::warn!(message, "bus unavailable; answered 503");
+        metrics::counter!("channel_bus_unavailable_total", "channel" => kind.to_string()).increment(1);
+    }
+}
+
+pub fn router(state: IngestState) -> Router {
+    Router::new()
+        .route("/v1/channels/{kind}/{name}", any(handle))
+        .with_state(state)
+}
+
+fn reply_response(reply: Reply) -> Response {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    let mut resp = (status, reply.body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&reply.content_type) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+async fn handle(
+    State(state): State<IngestState>,
+    Path((kind, name)): Path<(String, String)>,
+    http_request: axum::extract::Request,
+) -> Response {
+    let started = Instant::now();
+    let (parts, body) = http_request.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Json(serde_json::json!({
+                    "error": RejectReason::PayloadTooLarge.as_str(),
+                    "message": format!("body is over {MAX_BODY_BYTES} bytes (or was cut off)"),
+                })),
+            )
+                .into_response();
+        }
+    };
+    let connect = parts.extensions.get::<ConnectInfo<SocketAddr>>().cloned();
+    let (method, query, headers) = (parts.method, parts.uri.query().map(str::to_string), parts.headers);
+    let Some(channel) = state.channel(&kind, &name) else {
+        let known: Vec<String> = state
+            .channels
+            .iter()
+            .map(|c| format!("/v1/channels/{}/{}", c.kind(), c.instance()))
+            .collect();
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({
+                "error": "unknown_channel",
+                "message": format!("no channel is mounted at /v1/channels/{kind}/{name}"),
+                "channels": known,
+            })),
+        )
+            .into_response();
+    };
+    let request = ChannelRequest {
+        method: method.as_str().to_string(),
+        subpath: name.clone(),
+        query: query
+            .as_deref()
+            .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .collect::<BTreeMap<_, _>>(),
+        headers: headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_string())))
+            .collect(),
+        body: body.to_vec(),
+        peer: connect.map(|c| c.0.ip()),
+        received_at_us: proto::now_us(),
+    };
+    let span = tracing::info_span!("channel", channel = channel.kind(), instance = %name);
+    async move {
+        match state.process(channel.as_ref(), &request).await {
+            Ok(reply) => {
+                emit::accepted(channel.kind(), &name, 1, started.elapsed());
+                reply_response(reply)
+            }
+            Err(ProcessError::Rejected(rejection)) => {
+                emit::rejected(channel.kind(), &name, &rejection);
+                let status = StatusCode::from_u16(rejection.reason.status()).unwrap_or(StatusCode::BAD_REQUEST);
+                let mut resp = (status, Json(rejection.body())).into_response();
+                if rejection.reason == RejectReason::RateLimited {
+                    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+                }
+                resp
+            }
+            Err(ProcessError::Unavailable(message)) => {
+                emit::unavailable(channel.kind(), &message);
+                let mut resp = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(serde_json::json!({
+                        "error": "bus_unavailable",
+                        "message": format!("{message}; nothing was accepted, send it again later"),
+                    })),
+                )
+                    .into_response();
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                resp
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
