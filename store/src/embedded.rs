@@ -127,7 +127,10 @@ impl SledStore {
         Self::from_db(db, PathBuf::from("<temporary>"))
     }
 
-    fn from_db(db: sled::Db, path: PathBuf) -> Result<Self, StoreError> {
+    /// The store in an already open sled database (its trees are `log`, `stream_index`,
+    /// `stream_heads`, `event_ids`). Views kept in other trees of the same database
+    /// recover from a crash to the same prefix of operations as the log.
+    pub fn from_db(db: sled::Db, path: PathBuf) -> Result<Self, StoreError> {
         let tree = |name: &str| {
             db.open_tree(name)
                 .map_err(|e| StoreError::Io(format!("cannot open tree {name} in {}: {e}", path.display())))
@@ -163,6 +166,11 @@ impl SledStore {
                 writer: Some(writer),
             }),
         })
+    }
+
+    /// The sled database holding the store.
+    pub fn db(&self) -> &sled::Db {
+        &self.inner.db
     }
 
     /// Sequence of the last event in the global log (0 when empty).
