@@ -6,3 +6,4 @@ pub mod channel;
 pub mod channels;
 pub mod http;
 pub mod import;
+pub mod quarantine;
