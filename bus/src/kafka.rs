@@ -219,15 +219,13 @@ impl KafkaConfig {
         c
     }
 
-    fn consumer_client_config(&self, group: Option<&str>) -> ClientConfig {
+    fn consumer_client_config(&self, group: &str) -> ClientConfig {
         let mut c = self.base_client_config();
         c.set("client.id", "crm-bus-consumer")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest");
-        if let Some(group) = group {
-            c.set("group.id", group);
-        }
+            .set("auto.offset.reset", "earliest")
+            .set("group.id", group);
         for (k, v) in &self.consumer_properties {
             c.set(k, v);
         }
@@ -497,7 +495,8 @@ impl KafkaBus {
     fn read_dead_letters(config: &KafkaConfig, topic: &str, max: usize) -> Result<Vec<DeadLetter>, BusError> {
         let timeout = config.operation_timeout();
         let consumer: BaseConsumer<TracingContext> = config
-            .consumer_client_config(None)
+            // librdkafka wants a group id even for assign(); the reader never joins or commits.
+            .consumer_client_config(&format!("{topic}-reader"))
             .create_with_context(TracingContext)
             .map_err(|e| config_error(config, "dead-letter reader", e))?;
         let metadata = consumer
@@ -585,7 +584,7 @@ impl Bus for KafkaBus {
         };
         let consumer: StreamConsumer<GroupContext> = self
             .config
-            .consumer_client_config(Some(group))
+            .consumer_client_config(group)
             .create_with_context(context)
             .map_err(|e| config_error(&self.config, "consumer", e))?;
         consumer
