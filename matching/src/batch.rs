@@ -78,6 +78,8 @@ impl Dataset {
 #[derive(Clone, Debug)]
 pub(crate) struct BatchSettings {
     pub max_block_size: usize,
+    /// Comparison budget: candidate pairs per record (before de-duplication).
+    pub max_pairs_per_record: usize,
     pub max_cluster_size: usize,
     pub u_sample_pairs: usize,
     pub em_max_iterations: usize,
@@ -123,13 +125,22 @@ pub(crate) fn candidate_pairs(data: &Dataset, settings: &BatchSettings) -> (Vec<
         keyed.extend(keys.iter().map(|&k| (k, slot as u32)));
     }
     keyed.sort_unstable();
+    // Blocks smallest first until the comparison budget is spent: the most
+    // selective keys always run, common values are dropped first, and the
+    // candidate set stays linear in the number of records.
+    let mut blocks: Vec<&[(u64, u32)]> = keyed.chunk_by(|x, y| x.0 == y.0).filter(|b| b.len() > 1).collect();
+    blocks.sort_by_key(|b| b.len());
+    let budget = (settings.max_pairs_per_record * data.store.rows.len()) as u64;
+    let mut spent = 0u64;
     let mut pairs: Vec<u64> = Vec::new();
     let mut skipped = 0;
-    for block in keyed.chunk_by(|x, y| x.0 == y.0) {
-        if block.len() > settings.max_block_size {
+    for block in blocks {
+        let cost = (block.len() * (block.len() - 1) / 2) as u64;
+        if block.len() > settings.max_block_size || spent + cost > budget {
             skipped += 1;
             continue;
         }
+        spent += cost;
         for (i, &(_, a)) in block.iter().enumerate() {
             for &(_, b) in &block[i + 1..] {
                 if settings.link_only && data.source[a as usize] == data.source[b as usize] {
@@ -175,8 +186,11 @@ pub(crate) fn non_null(store: &Store) -> [u64; FIELD_COUNT] {
 
 /// Runs blocking, training, scoring and clustering.
 pub(crate) fn run_batch(data: &Dataset, mut model: Model, settings: &BatchSettings) -> BatchOutcome {
+    let trace = Trace::new();
     let (pairs, skipped_blocks) = candidate_pairs(data, settings);
+    trace.phase("blocking");
     let vectors = compare_all(&data.store, &pairs);
+    trace.phase("comparing");
     let training = settings.train.then(|| {
         let u_sample_pairs = model.estimate_u(&data.store, settings.u_sample_pairs, settings.seed);
         let mut counts: HashMap<u64, f64> = HashMap::new();
@@ -198,6 +212,7 @@ pub(crate) fn run_batch(data: &Dataset, mut model: Model, settings: &BatchSettin
             matches_per_record: model.matches_per_record,
         }
     });
+    trace.phase("training");
     let weights = model.weights();
     let counts = non_null(&data.store);
     let review = model.thresholds.review;
@@ -218,6 +233,7 @@ pub(crate) fn run_batch(data: &Dataset, mut model: Model, settings: &BatchSettin
         })
         .collect();
     scored.sort_unstable_by(|x, y| y.weight.total_cmp(&x.weight).then((x.a, x.b).cmp(&(y.a, y.b))));
+    trace.phase("scoring");
     let (cluster_of, guarded_pairs) = cluster(
         data.store.rows.len(),
         &scored,
@@ -282,4 +298,21 @@ pub(crate) fn cluster(n: usize, scored: &[ScoredPair], merge: f64, max_size: usi
     }
     let roots: Vec<u32> = (0..n as u32).map(|x| find(&mut parent, x)).collect();
     (roots, refused)
+}
+
+/// Phase timings on stderr when `MATCHING_TRACE` is set (for tuning).
+pub(crate) struct Trace(Option<std::cell::Cell<std::time::Instant>>);
+
+impl Trace {
+    pub fn new() -> Self {
+        Trace(std::env::var_os("MATCHING_TRACE").map(|_| std::cell::Cell::new(std::time::Instant::now())))
+    }
+
+    pub fn phase(&self, name: &str) {
+        if let Some(start) = &self.0 {
+            let now = std::time::Instant::now();
+            eprintln!("phase {name:<10} {:>8.3} s", (now - start.get()).as_secs_f64());
+            start.set(now);
+        }
+    }
 }

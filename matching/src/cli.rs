@@ -64,6 +64,9 @@ pub struct DedupArgs {
     /// Skip blocking keys shared by more records than this.
     #[arg(long, default_value_t = 200)]
     pub max_block_size: usize,
+    /// Comparison budget per record: the least selective blocks are skipped beyond it.
+    #[arg(long, default_value_t = 20)]
+    pub max_pairs_per_record: usize,
     /// Random pairs compared per field to estimate u.
     #[arg(long, default_value_t = 20_000)]
     pub u_sample_pairs: usize,
@@ -92,6 +95,7 @@ impl DedupArgs {
             review_threshold: None,
             max_cluster_size: 50,
             max_block_size: 200,
+            max_pairs_per_record: 20,
             u_sample_pairs: 20_000,
             evaluate: PairSource::Clusters,
             quiet: true,
@@ -248,11 +252,13 @@ fn check_probability(name: &'static str, value: f64) -> Result<f64, MatchError> 
 /// Runs `crm dedup`: match, write outputs, score against the truth, report.
 pub fn run(args: &DedupArgs) -> Result<DedupReport, MatchError> {
     let started = Instant::now();
+    let trace = crate::batch::Trace::new();
     let mut data = Dataset::default();
     data.load(&args.input, &args.id_column, &args.exclude_columns, 0)?;
     if let Some(second) = &args.link {
         data.load(second, &args.id_column, &args.exclude_columns, 1)?;
     }
+    trace.phase("loading");
     let (mut model, train) = match &args.model {
         Some(path) => {
             let json = std::fs::read_to_string(path).map_err(MatchError::io(path))?;
@@ -276,6 +282,7 @@ pub fn run(args: &DedupArgs) -> Result<DedupReport, MatchError> {
     }
     let settings = BatchSettings {
         max_block_size: args.max_block_size.max(2),
+        max_pairs_per_record: args.max_pairs_per_record.max(1),
         max_cluster_size: args.max_cluster_size,
         u_sample_pairs: args.u_sample_pairs.max(100),
         em_max_iterations: 100,

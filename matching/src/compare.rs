@@ -3,11 +3,9 @@
 //! strongest to weakest agreement; the first that holds wins; the last is
 //! "else". A missing value on either side is the null level (no evidence).
 
-use strsim::jaro_winkler;
-
 use crate::record::{FIELD_COUNT, Field};
 use crate::store::{Entry, View};
-use crate::text::{within_one_edit, within_two_edits};
+use crate::text::{jaro_winkler, within_one_edit, within_two_edits};
 
 /// The null level in a comparison vector.
 pub(crate) const NULL_LEVEL: u8 = 15;
@@ -50,14 +48,27 @@ pub fn level_labels(field: Field) -> &'static [&'static str] {
 
 /// Compares two records field by field.
 pub(crate) fn compare(a: &View<'_>, b: &View<'_>) -> Levels {
-    std::array::from_fn(|i| match (a[i], b[i]) {
-        (Some(x), Some(y)) => compare_field(Field::ALL[i], x, y, a, b),
-        _ => NULL_LEVEL,
-    })
+    std::array::from_fn(|i| compare_one(i, a, b))
+}
+
+/// Full name repeats given name and surname: it counts only when a side
+/// lacks one of them, so a name is never evidence twice.
+fn names_on_both_sides(a: &View<'_>, b: &View<'_>) -> bool {
+    let (g, s) = (Field::GivenName.index(), Field::Surname.index());
+    a[g].is_some() && a[s].is_some() && b[g].is_some() && b[s].is_some()
 }
 
 /// Compares one field (by index) of two records.
 pub(crate) fn compare_one(i: usize, a: &View<'_>, b: &View<'_>) -> u8 {
+    if i == Field::FullName.index() && names_on_both_sides(a, b) {
+        return NULL_LEVEL;
+    }
+    compare_unpaired(i, a, b)
+}
+
+/// [`compare_one`] without the full-name rule (for u sampling, where only
+/// the field's own behaviour matters).
+pub(crate) fn compare_unpaired(i: usize, a: &View<'_>, b: &View<'_>) -> u8 {
     match (a[i], b[i]) {
         (Some(x), Some(y)) => compare_field(Field::ALL[i], x, y, a, b),
         _ => NULL_LEVEL,
@@ -79,7 +90,8 @@ pub(crate) fn unpack(packed: u64) -> Levels {
 
 fn compare_field(field: Field, x: &Entry, y: &Entry, a: &View<'_>, b: &View<'_>) -> u8 {
     let (xk, yk) = (&*x.key, &*y.key);
-    if xk == yk {
+    // Interned values are shared, so the same entry means the same key.
+    if std::ptr::eq(x, y) || xk == yk {
         return 0;
     }
     match field {
@@ -205,5 +217,79 @@ fn compare_field(field: Field, x: &Entry, y: &Entry, a: &View<'_>, b: &View<'_>)
                 3
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use expect_test::expect;
+
+    use super::*;
+    use crate::Record;
+    use crate::store::{Store, view_of};
+
+    /// Renders the level of every field both records have.
+    fn levels(a: &[(Field, &str)], b: &[(Field, &str)]) -> String {
+        let store = Store::default();
+        let all = [true; FIELD_COUNT];
+        let rec = |fields: &[(Field, &str)]| fields.iter().fold(Record::new(), |r, (f, v)| r.with(*f, *v));
+        let (pa, pb) = (store.prepare(&rec(a), &all), store.prepare(&rec(b), &all));
+        let levels = compare(&view_of(&pa), &view_of(&pb));
+        Field::ALL
+            .iter()
+            .zip(levels)
+            .filter(|(_, l)| *l != NULL_LEVEL)
+            .map(|(f, l)| format!("{f}={}", level_labels(*f)[usize::from(l)]))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn comparison_levels() {
+        use Field::*;
+        let cases = [
+            levels(
+                &[(GivenName, "Jonathon"), (Surname, "Smith")],
+                &[(GivenName, "jonathan"), (Surname, "smith")],
+            ),
+            levels(
+                &[(GivenName, "smith"), (Surname, "john")],
+                &[(GivenName, "john"), (Surname, "smith")],
+            ),
+            levels(&[(GivenName, "catherine")], &[(GivenName, "kathryn")]),
+            levels(&[(FullName, "王小明")], &[(FullName, "Xiaoming Wang")]),
+            levels(&[(FullName, "王小明")], &[(FullName, "汪小明")]),
+            levels(&[(DateOfBirth, "19560409")], &[(DateOfBirth, "1956-09-04")]),
+            levels(&[(DateOfBirth, "19560409")], &[(DateOfBirth, "19650409")]),
+            levels(&[(Phone, "+61 2 9876 5432")], &[(Phone, "(02) 9876 5432")]),
+            levels(&[(Phone, "0298765432")], &[(Phone, "0398765432")]),
+            levels(&[(Email, "J.Smith+crm@example.com")], &[(Email, "jsmith@gmail.com")]),
+            levels(&[(Address1, "12 Wallaby Pl")], &[(Address1, "12 wallaby place")]),
+            levels(&[(Postcode, "2119")], &[(Postcode, "2125")]),
+            levels(&[(NationalId, "1804974")], &[(NationalId, "1804947")]),
+            levels(&[(State, "nsw")], &[(State, "vic")]),
+        ];
+        expect![[r#"
+            given_name=one_edit surname=exact
+            given_name=swapped_with_other_name surname=swapped_with_other_name
+            given_name=phonetic
+            full_name=reordered
+            full_name=exact
+            date_of_birth=day_month_swapped
+            date_of_birth=one_edit
+            phone=exact
+            phone=same_last_8_digits
+            email=same_local_part
+            address_1=exact
+            postcode=numeric_within_10
+            national_id=one_edit
+            state=else"#]]
+        .assert_eq(&cases.join("\n"));
+    }
+
+    #[test]
+    fn packing_round_trips() {
+        let levels: Levels = std::array::from_fn(|i| if i % 3 == 0 { NULL_LEVEL } else { (i % 7) as u8 });
+        assert_eq!(unpack(pack(&levels)), levels);
     }
 }

@@ -16,7 +16,7 @@ mod blocking;
 pub mod cli;
 mod compare;
 mod error;
-// mod generate;
+mod generate;
 mod live;
 mod model;
 mod record;
@@ -26,7 +26,7 @@ mod train;
 
 pub use compare::level_labels;
 pub use error::MatchError;
-// pub use generate::{GenerateSummary, generate, generate_with_truth};
+pub use generate::{GenerateSummary, generate, generate_with_truth};
 pub use live::{Decision, LiveIndex, ScoredCandidate};
 pub use model::{Comparison, Explanation, FieldEvidence, Level, Model, Thresholds};
 pub use record::{FIELD_COUNT, Field, Record};

@@ -45,6 +45,8 @@ pub struct LiveIndex {
     by_id: HashMap<String, u32>,
     postings: HashMap<u64, Vec<u32>>,
     max_block_size: usize,
+    max_candidates: usize,
+    population_floor: usize,
 }
 
 const ALL_FIELDS: [bool; FIELD_COUNT] = [true; FIELD_COUNT];
@@ -72,12 +74,24 @@ impl LiveIndex {
             by_id: HashMap::new(),
             postings: HashMap::new(),
             max_block_size: 200,
+            max_candidates: 400,
+            population_floor: 100_000,
         }
     }
 
     /// Keys shared by more customers than this are not used to find candidates.
     pub fn set_max_block_size(&mut self, size: usize) {
         self.max_block_size = size.max(1);
+    }
+
+    /// The prior assumes at least this many customers: a young index must not
+    /// make every arrival look like a likely duplicate.
+    pub fn set_population_floor(&mut self, customers: usize) {
+        self.population_floor = customers.max(2);
+    }
+
+    fn population(&self) -> usize {
+        (self.len() + 1).max(self.population_floor)
     }
 
     pub fn model(&self) -> &Model {
@@ -146,18 +160,25 @@ impl LiveIndex {
         let query = view_of(&prepared);
         let mut keys = Vec::new();
         blocking::keys(&query, &mut keys);
-        let mut candidates: Vec<u32> = keys
+        // Most selective keys first, until the candidate budget is spent.
+        let mut lists: Vec<&Vec<u32>> = keys
             .iter()
             .filter_map(|k| self.postings.get(k))
-            .filter(|list| list.len() <= self.max_block_size)
-            .flatten()
-            .copied()
+            .filter(|l| l.len() <= self.max_block_size)
             .collect();
+        lists.sort_by_key(|l| l.len());
+        let mut candidates: Vec<u32> = Vec::new();
+        for list in lists {
+            if !candidates.is_empty() && candidates.len() + list.len() > self.max_candidates {
+                break;
+            }
+            candidates.extend_from_slice(list);
+        }
         candidates.sort_unstable();
         candidates.dedup();
         let non_null = std::array::from_fn(|i| self.store.columns[i].non_null);
         let t = self.model.thresholds;
-        let prior = self.weights.prior_weight(self.len() + 1);
+        let prior = self.weights.prior_weight(self.population());
         let mut scored: Vec<ScoredCandidate> = candidates
             .into_iter()
             .filter_map(|slot| {

@@ -214,8 +214,15 @@ impl Model {
             max_boost: self.max_term_frequency_boost_bits.exp2(),
         };
         for (i, c) in self.comparisons.iter().enumerate().take(FIELD_COUNT) {
+            let last = c.levels.len().saturating_sub(1);
             for (l, level) in c.levels.iter().enumerate().take(8) {
-                w.level[i][l] = (level.m / level.u).log2();
+                let weight = (level.m / level.u).log2();
+                // Exact agreement never counts against, disagreement never for.
+                w.level[i][l] = match l {
+                    0 => weight.max(0.0),
+                    l if l == last => weight.min(0.0),
+                    _ => weight,
+                };
             }
             if let Some(exact) = c.levels.first() {
                 w.m_exact[i] = exact.m;
@@ -247,14 +254,19 @@ impl Weights {
     }
 
     /// Weight of one field; `tf` is the term frequency of the agreed value.
-    fn field_weight(&self, i: usize, level: u8, tf: Option<f64>) -> (f64, Option<f64>) {
+    fn field_weight(&self, i: usize, level: u8, tf: Option<(f64, f64)>) -> (f64, Option<f64>) {
         if level == NULL_LEVEL {
             return (0.0, None);
         }
         match tf {
-            Some(tf) if level == 0 && self.term_frequency[i] => {
-                let u = tf.clamp(self.u_exact[i] / self.max_boost, 1.0);
-                ((self.m_exact[i] / u).log2(), Some(tf))
+            Some((count, non_null)) if level == 0 && self.term_frequency[i] => {
+                // Shrink the observed frequency toward the field average as
+                // if TF_PRIOR_RECORDS more records had been seen: a value
+                // seen once in a small index is not proof of rarity.
+                let u_exact = self.u_exact[i];
+                let tf = (count + TF_PRIOR_RECORDS * u_exact) / (non_null + TF_PRIOR_RECORDS);
+                let u = tf.clamp(u_exact / self.max_boost, 1.0);
+                (((self.m_exact[i] / u).log2()).max(0.0), Some(tf))
             }
             _ => (self.level[i][usize::from(level)], None),
         }
@@ -308,11 +320,15 @@ impl Weights {
     }
 }
 
-fn term_frequency(i: usize, level: u8, b: &View<'_>, non_null: &[u64; FIELD_COUNT]) -> Option<f64> {
-    if level != 0 || non_null[i] == 0 {
+/// Records' worth of prior belief in the field-average frequency.
+const TF_PRIOR_RECORDS: f64 = 1000.0;
+
+/// (count of the agreed value, records with a value) on the stored side.
+fn term_frequency(i: usize, level: u8, b: &View<'_>, non_null: &[u64; FIELD_COUNT]) -> Option<(f64, f64)> {
+    if level != 0 {
         return None;
     }
-    b[i].map(|e| f64::from(e.count.max(1)) / non_null[i] as f64)
+    b[i].map(|e| (f64::from(e.count.max(1)), non_null[i] as f64))
 }
 
 /// Posterior probability from log2 odds.

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::Model;
-use crate::compare::{Levels, NULL_LEVEL, compare, compare_one, unpack};
+use crate::compare::{Levels, NULL_LEVEL, compare, compare_unpaired, unpack};
 use crate::record::Record;
 use crate::record::{FIELD_COUNT, Field};
 use crate::store::{NULL, Store, view_of};
@@ -35,16 +35,21 @@ pub struct SessionReport {
     pub match_share: f64,
 }
 
-/// Training rules: a name, the fields a pair agrees on exactly, and so whose
-/// m the session cannot learn.
-const SESSIONS: [(&str, &[Field]); 7] = [
-    ("date_of_birth", &[Field::DateOfBirth]),
-    ("given_name+surname", &[Field::GivenName, Field::Surname]),
-    ("postcode+street_number", &[Field::Postcode, Field::StreetNumber]),
-    ("full_name", &[Field::FullName]),
-    ("phone", &[Field::Phone]),
-    ("email", &[Field::Email]),
-    ("national_id", &[Field::NationalId]),
+/// Training rules: a name, the fields a pair agrees on exactly (so whose m
+/// the session cannot learn), and further fields it must not learn because
+/// they repeat the rule's fields.
+const SESSIONS: [(&str, &[Field], &[Field]); 7] = [
+    ("date_of_birth", &[Field::DateOfBirth], &[]),
+    (
+        "given_name+surname",
+        &[Field::GivenName, Field::Surname],
+        &[Field::FullName],
+    ),
+    ("postcode+street_number", &[Field::Postcode, Field::StreetNumber], &[]),
+    ("full_name", &[Field::FullName], &[Field::GivenName, Field::Surname]),
+    ("phone", &[Field::Phone], &[]),
+    ("email", &[Field::Email], &[]),
+    ("national_id", &[Field::NationalId], &[]),
 ];
 
 /// Fewest pairs a training rule needs to run.
@@ -138,10 +143,24 @@ impl Model {
         max_iterations: usize,
     ) -> (Vec<SessionReport>, f64) {
         let unpacked: Vec<(Levels, f64)> = patterns.iter().map(|&(p, c)| (unpack(p), c)).collect();
+        // Start every learned field from the same neutral guess: exact
+        // agreement is evidence, every other level mildly against, in
+        // proportion to how often it happens by chance. Starting from strong
+        // beliefs about weak levels lets EM settle on "same surname" as its
+        // match class.
+        for (i, c) in self.comparisons.iter_mut().enumerate() {
+            if !active[i] {
+                continue;
+            }
+            let rest: f64 = c.levels.iter().skip(1).map(|l| l.u).sum::<f64>().max(1e-12);
+            for (l, level) in c.levels.iter_mut().enumerate() {
+                level.m = if l == 0 { 0.9 } else { (0.1 * level.u / rest).max(1e-9) };
+            }
+        }
         let mut sums = [[0.0f64; 8]; FIELD_COUNT];
         let mut runs = [0usize; FIELD_COUNT];
         let mut reports = Vec::new();
-        for (rule, fixed) in SESSIONS {
+        for (rule, fixed, repeats) in SESSIONS {
             if fixed.iter().any(|f| !active[f.index()]) {
                 continue;
             }
@@ -155,7 +174,7 @@ impl Model {
                 continue;
             }
             let mut learn = *active;
-            for f in fixed {
+            for f in fixed.iter().chain(repeats) {
                 learn[f.index()] = false;
             }
             let mut session = self.clone();
@@ -317,7 +336,7 @@ fn sample_field(store: &Store, i: usize, sample: usize, seed: u64) -> (usize, [u
         if a[i] == NULL || b[i] == NULL || a[i] == b[i] {
             continue;
         }
-        let level = compare_one(i, &store.view(a), &store.view(b));
+        let level = compare_unpaired(i, &store.view(a), &store.view(b));
         if level != NULL_LEVEL && level != 0 {
             counts[usize::from(level)] += 1;
             compared += 1;

@@ -1,0 +1,4 @@
+//! Integration tests of the matching crate (one binary, modules per area).
+
+mod batch;
+mod live;
