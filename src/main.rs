@@ -1,1 +1,135 @@
-fn main() {}
+//! `crm`: the composition root and CLI. It wires the crates together and owns no
+//! business logic: serve, demo, replay, bench, dedup, import, config.
+
+mod bench;
+mod config;
+mod demo;
+mod node;
+mod replay;
+mod telemetry;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{BusKind, Config, StoreKind};
+use crate::node::Role;
+
+#[derive(Parser)]
+#[command(name = "crm", version, about = "Event-sourced multi-channel customer platform")]
+struct Cli {
+    /// Config file (TOML); see deploy/crm.example.toml. Environment: CRM__SECTION__KEY overrides.
+    #[arg(long, global = true, env = "CRM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory for the embedded bus, store and views (overrides data_dir).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the platform: channel endpoints, domain, projections and GraphQL.
+    Serve {
+        /// Roles to run in this process (repeatable).
+        #[arg(long = "role", value_enum, default_values_t = [Role::All])]
+        roles: Vec<Role>,
+        /// Address to listen on (overrides http.listen).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Bus implementation (overrides bus.kind).
+        #[arg(long, value_enum)]
+        bus: Option<BusKind>,
+        /// Event store implementation (overrides store.kind).
+        #[arg(long, value_enum)]
+        store: Option<StoreKind>,
+    },
+    /// Post a small realistic data set to a running server and print queries to try.
+    Demo {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+    /// Rebuild every view from position zero into a fresh store and check it equals the live one.
+    Replay,
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Deduplicate (or link) CSV records in batch with the matching engine.
+    Dedup(matching::cli::DedupArgs),
+    /// Print the effective configuration (defaults + file + environment) as TOML.
+    Config,
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(dir) = &cli.data_dir {
+        config.data_dir = dir.clone();
+    }
+    Ok(config)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Serve {
+            roles,
+            listen,
+            bus,
+            store,
+        } => {
+            let mut config = load_config(&cli)?;
+            if let Some(l) = listen {
+                config.http.listen = *l;
+            }
+            if let Some(b) = bus {
+                config.bus.kind = *b;
+            }
+            if let Some(s) = store {
+                config.store.kind = *s;
+            }
+            config.validate()?;
+            telemetry::init_logging(&config.log);
+            let metrics = telemetry::init_metrics()?;
+            let node = node::Node::open(config).await?;
+            node::serve(node, roles, metrics, node::shutdown_signal()).await
+        }
+        Command::Demo { url } => demo::run(url).await,
+        Command::Replay => {
+            let config = load_config(&cli)?;
+            telemetry::init_logging(&config.log);
+            replay::run(config).await
+        }
+        Command::Bench(cmd) => {
+            let config = load_config(&cli)?;
+            bench::run(cmd, config).await
+        }
+        Command::Dedup(args) => {
+            let args = args.clone();
+            tokio::task::spawn_blocking(move || matching::cli::run(&args)).await??;
+            Ok(())
+        }
+        Command::Config => {
+            let config = load_config(&cli)?;
+            print!("{}", toml::to_string_pretty(&config)?);
+            Ok(())
+        }
+    }
+}

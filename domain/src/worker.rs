@@ -90,7 +90,7 @@ impl DomainWorker {
                 }
             };
             if batch.is_empty() {
-                self.report_lag(consumer.as_ref()).await;
+                self.report_lag(consumer.as_mut()).await;
                 continue;
             }
             match self.process(&batch, consumer.as_mut()).await {
@@ -111,7 +111,7 @@ impl DomainWorker {
         Ok(())
     }
 
-    async fn report_lag(&self, consumer: &dyn BusConsumer) {
+    async fn report_lag(&self, consumer: &mut dyn BusConsumer) {
         if let Ok(lags) = consumer.lag().await {
             for l in lags {
                 metrics::gauge!("bus_consumer_lag", "group" => DOMAIN_GROUP, "partition" => l.partition.to_string())

@@ -224,7 +224,8 @@ async fn handle(
                 let status = StatusCode::from_u16(rejection.reason.status()).unwrap_or(StatusCode::BAD_REQUEST);
                 let mut resp = (status, Json(rejection.body())).into_response();
                 if rejection.reason == RejectReason::RateLimited {
-                    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
                 }
                 resp
             }
@@ -238,7 +239,8 @@ async fn handle(
                     })),
                 )
                     .into_response();
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
                 resp
             }
         }

@@ -1,0 +1,295 @@
+//! `crm bench ...`: benchmarks that print figures. `bench ingest` starts a
+//! server in this process (embedded bus and store in a temporary directory,
+//! loopback only) unless `--url` points at one, then drives web forms over HTTP:
+//! 1. throughput: N forms from C concurrent clients, timed until all are visible in GraphQL;
+//! 2. latency: forms at a fixed rate, each timed from submit to visible in GraphQL.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use tokio::sync::Mutex;
+
+use crate::config::Config;
+
+#[derive(clap::Subcommand, Clone)]
+pub enum BenchCommand {
+    /// Web forms over HTTP: sustained forms/s and submit-to-visible latency.
+    Ingest(IngestBench),
+}
+
+#[derive(clap::Args, Clone)]
+pub struct IngestBench {
+    /// A running server to drive; without it one is started here on a free loopback port.
+    #[arg(long)]
+    url: Option<String>,
+    /// Forms sent in the throughput phase.
+    #[arg(long, default_value_t = 20_000)]
+    forms: usize,
+    /// Concurrent HTTP clients in the throughput phase.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Forms per second in the latency phase.
+    #[arg(long, default_value_t = 1_000)]
+    rate: u64,
+    /// Seconds of the latency phase.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+}
+
+pub async fn run(cmd: &BenchCommand, config: Config) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Ingest(b) => ingest(b, config).await,
+    }
+}
+
+/// A server started for the benchmark; stops when dropped.
+struct LocalServer {
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_local(mut config: Config) -> anyhow::Result<LocalServer> {
+    let dir = tempfile::tempdir()?;
+    config.data_dir = dir.path().to_path_buf();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    config.http.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    config.bus.kind = crate::config::BusKind::Embedded;
+    config.store.kind = crate::config::StoreKind::Embedded;
+    let metrics = crate::telemetry::init_metrics()?;
+    let node = crate::node::Node::open(config).await?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        crate::node::serve(node, &[crate::node::Role::All], metrics, async move {
+            let _ = rx.await;
+        })
+        .await
+    });
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status().is_success())
+        .unwrap_or(false)
+        == false
+    {
+        if Instant::now() > deadline {
+            anyhow::bail!("the benchmark server did not become ready within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(LocalServer {
+        url,
+        stop: Some(tx),
+        task,
+        _dir: dir,
+    })
+}
+
+fn form_body(run: &str, i: usize) -> (String, String) {
+    let email = format!("bench{i}.{run}@example.com");
+    let body = serde_urlencoded::to_string([
+        ("name", format!("压测用户{i}")),
+        ("phone", format!("139{:08}", i % 100_000_000)),
+        ("email", email.clone()),
+        ("utm_source", "bench".to_string()),
+    ])
+    .unwrap_or_default();
+    (email, body)
+}
+
+async fn post_form(client: &reqwest::Client, url: &str, body: String) -> anyhow::Result<()> {
+    let resp = client
+        .post(format!("{url}/v1/channels/web-form/bench"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await?;
+    if resp.status() != reqwest::StatusCode::ACCEPTED {
+        anyhow::bail!(
+            "form answered {}: {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Which of these emails are visible in GraphQL (one aliased query).
+async fn visible(client: &reqwest::Client, url: &str, emails: &[String]) -> anyhow::Result<Vec<bool>> {
+    let mut q = String::from("{");
+    for (i, e) in emails.iter().enumerate() {
+        q.push_str(&format!(
+            " q{i}: customerByIdentifier(kind: \"email\", value: \"{e}\") {{ id }}"
+        ));
+    }
+    q.push('}');
+    let resp: serde_json::Value = client
+        .post(format!("{url}/graphql"))
+        .json(&serde_json::json!({ "query": q }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let data = &resp["data"];
+    Ok((0..emails.len()).map(|i| !data[format!("q{i}")].is_null()).collect())
+}
+
+async fn ingest(b: &IngestBench, config: Config) -> anyhow::Result<()> {
+    let local = match &b.url {
+        Some(_) => None,
+        None => Some(start_local(config).await.context("cannot start the benchmark server")?),
+    };
+    let url = b
+        .url
+        .clone()
+        .or_else(|| local.as_ref().map(|l| l.url.clone()))
+        .unwrap_or_default();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(b.concurrency.max(16))
+        .build()?;
+    let run_id = format!("{:x}", rand::random::<u32>());
+    println!("bench ingest against {url} (run {run_id})");
+
+    // Phase 1: throughput.
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..b.concurrency {
+        let (client, url, next, run_id, n) = (client.clone(), url.clone(), next.clone(), run_id.clone(), b.forms);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= n {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                post_form(&client, &url, form_body(&run_id, i).1).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let accepted_in = started.elapsed();
+    let last = form_body(&run_id, b.forms - 1).0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let all: Vec<String> = (0..b.forms)
+            .rev()
+            .step_by((b.forms / 50).max(1))
+            .map(|i| form_body(&run_id, i).0)
+            .collect();
+        if visible(&client, &url, &[last.clone()]).await?[0] && visible(&client, &url, &all).await?.iter().all(|v| *v) {
+            break;
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("forms were not all visible within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let visible_in = started.elapsed();
+    println!(
+        "throughput: {} forms, {} clients: accepted (202) at {:.0} forms/s; all visible in GraphQL after {:.2} s = {:.0} forms/s sustained",
+        b.forms,
+        b.concurrency,
+        b.forms as f64 / accepted_in.as_secs_f64(),
+        visible_in.as_secs_f64(),
+        b.forms as f64 / visible_in.as_secs_f64()
+    );
+
+    // Phase 2: latency at a fixed rate.
+    let total = (b.rate * b.seconds) as usize;
+    let pending: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let accept_hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let visible_hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let done = Arc::new(AtomicU64::new(0));
+    let lat_run = format!("{run_id}l");
+    let watcher = {
+        let (client, url, pending, visible_hist, done) = (
+            client.clone(),
+            url.clone(),
+            pending.clone(),
+            visible_hist.clone(),
+            done.clone(),
+        );
+        tokio::spawn(async move {
+            while (done.load(Ordering::Relaxed) as usize) < total {
+                let batch: Vec<(String, Instant)> = pending
+                    .lock()
+                    .await
+                    .iter()
+                    .take(200)
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect();
+                if batch.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                }
+                let emails: Vec<String> = batch.iter().map(|(e, _)| e.clone()).collect();
+                let seen = visible(&client, &url, &emails).await?;
+                let now = Instant::now();
+                let mut p = pending.lock().await;
+                let mut h = visible_hist.lock().await;
+                for ((email, at), seen) in batch.into_iter().zip(seen) {
+                    if seen {
+                        p.remove(&email);
+                        h.record(now.duration_since(at).as_micros() as u64)?;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                drop((p, h));
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+    };
+    let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / b.rate.max(1)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut senders = tokio::task::JoinSet::new();
+    for i in 0..total {
+        ticker.tick().await;
+        let (client, url, pending, accept_hist) = (client.clone(), url.clone(), pending.clone(), accept_hist.clone());
+        let (email, body) = form_body(&lat_run, i);
+        senders.spawn(async move {
+            let at = Instant::now();
+            post_form(&client, &url, body).await?;
+            accept_hist.lock().await.record(at.elapsed().as_micros() as u64)?;
+            pending.lock().await.insert(email, at);
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(r) = senders.join_next().await {
+        r??;
+    }
+    tokio::time::timeout(Duration::from_secs(120), watcher)
+        .await
+        .context("forms of the latency phase were not all visible within 120 s")???;
+    let a = accept_hist.lock().await;
+    let v = visible_hist.lock().await;
+    let ms = |us: u64| us as f64 / 1000.0;
+    println!(
+        "latency at {} forms/s for {} s: submit→202 p50 {:.1} ms p99 {:.1} ms; submit→visible in GraphQL p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
+        b.rate,
+        b.seconds,
+        ms(a.value_at_quantile(0.5)),
+        ms(a.value_at_quantile(0.99)),
+        ms(v.value_at_quantile(0.5)),
+        ms(v.value_at_quantile(0.99)),
+        ms(v.max())
+    );
+    if let Some(mut l) = local {
+        if let Some(stop) = l.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut l.task).await;
+    }
+    Ok(())
+}
