@@ -751,6 +751,69 @@ mod tests {
         );
     }
 
+    /// The TOML examples in docs/channels.md are real configs: they parse and build.
+    #[test]
+    fn documented_channel_configs_parse_and_build() {
+        #[derive(serde::Deserialize)]
+        struct File {
+            channels: Vec<crate::channels::ChannelConfig>,
+        }
+        let doc = include_str!("../../../docs/channels.md");
+        let blocks: Vec<&str> = doc
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .filter(|b| b.contains("[[channels]]"))
+            .collect();
+        assert_eq!(blocks.len(), 4, "one example per channel");
+        let configs: Vec<crate::channels::ChannelConfig> = blocks
+            .iter()
+            .flat_map(|b| {
+                toml::from_str::<File>(b)
+                    .unwrap_or_else(|e| panic!("{e}\n{b}"))
+                    .channels
+            })
+            .collect();
+        let env = |var: &str| {
+            Some(if var.contains("AES") {
+                "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG".into()
+            } else {
+                "secret".into()
+            })
+        };
+        let built = crate::channels::build(&configs, &env).unwrap();
+        let kinds: Vec<_> = built.iter().map(|c| (c.kind(), c.instance().to_string())).collect();
+        for expected in ["wechat", "youzan", "shopify", "webhook"] {
+            assert!(
+                kinds.iter().any(|(k, _)| *k == expected),
+                "{expected} missing from {kinds:?}"
+            );
+        }
+        let err = crate::channels::build(&configs, &|_| None).err().unwrap();
+        assert!(err.to_string().contains("CRM_WECHAT_MAIN_TOKEN"), "{err}");
+    }
+
+    /// Checks docs/webhook.schema.json and the samples with Python's jsonschema when CI
+    /// provides the peer venv (`CRM_PEERS_PYTHON`).
+    #[test]
+    fn schema_agrees_with_an_independent_validator() {
+        let Ok(python) = std::env::var("CRM_PEERS_PYTHON") else {
+            eprintln!("CRM_PEERS_PYTHON not set: webhook schema not checked by jsonschema");
+            return;
+        };
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/peers/check_webhook_schema.py");
+        let out = std::process::Command::new(&python)
+            .arg(script)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {python} {script}: {e}"));
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     #[test]
     fn event_names_become_snake_case_kinds() {
         assert_eq!(snake("Call Completed"), "call_completed");
