@@ -1,1 +1,4 @@
+//! End-to-end tests of the whole `crm` binary: real processes, real HTTP, temp data dirs.
 
+mod harness;
+mod spine;
