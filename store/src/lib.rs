@@ -1,14 +1,16 @@
 //! The `EventStore` port: append-only customer and identity streams with a
 //! global order, optimistic concurrency and subscriptions.
 //!
-//! Implementations: [`embedded::SledStore`] (default, on sled) and the
-//! KurrentDB/EventStoreDB adapter. Both must pass [`conformance`].
+//! Implementations: [`embedded::SledStore`] (default, on sled) and
+//! [`kurrent::KurrentStore`] (KurrentDB/EventStoreDB, for scale-out). Both must pass
+//! [`conformance`].
 
 use futures::stream::BoxStream;
 use uuid::Uuid;
 
 pub mod conformance;
 pub mod embedded;
+pub mod kurrent;
 
 /// Position of an event in the global log (`$all`). Embedded: commit == prepare == sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
