@@ -74,7 +74,7 @@ impl LiveIndex {
             by_id: HashMap::new(),
             postings: HashMap::new(),
             max_block_size: 200,
-            max_candidates: 400,
+            max_candidates: 250,
             population_floor: 100_000,
         }
     }
