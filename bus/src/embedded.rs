@@ -135,9 +135,17 @@ impl Log {
     }
 
     /// Reads records `[from, from + max)` that exist now.
-    fn read(&self, reader: &mut Option<BufReader<File>>, from: i64, max: usize) -> Result<Vec<(i64, BusRecord)>, BusError> {
+    fn read(
+        &self,
+        reader: &mut Option<BufReader<File>>,
+        from: i64,
+        max: usize,
+    ) -> Result<Vec<(i64, BusRecord)>, BusError> {
         let (start_pos, count) = {
-            let index = self.index.read().map_err(|_| BusError::Other("bus index lock poisoned".into()))?;
+            let index = self
+                .index
+                .read()
+                .map_err(|_| BusError::Other("bus index lock poisoned".into()))?;
             let from_u = from.max(0) as usize;
             if from_u >= index.len() {
                 return Ok(Vec::new());
@@ -253,7 +261,10 @@ fn writer_loop(log: std::sync::Weak<Log>, file: File, mut len: u64, mut rx: mpsc
                 let _ = out.seek(SeekFrom::Start(start_len));
                 len = start_len;
                 for ack in acks {
-                    let _ = ack.send(Err(BusError::Unavailable(format!("write to {} failed: {e}", log.path.display()))));
+                    let _ = ack.send(Err(BusError::Unavailable(format!(
+                        "write to {} failed: {e}",
+                        log.path.display()
+                    ))));
                 }
             }
         }
@@ -280,7 +291,11 @@ impl EmbeddedBus {
     }
 
     fn offset_path(&self, group: &str) -> Result<PathBuf, BusError> {
-        if group.is_empty() || !group.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        if group.is_empty()
+            || !group
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
             return Err(BusError::Config(format!(
                 "consumer group {group:?} must be non-empty and use only letters, digits, '-', '_', '.'"
             )));
@@ -412,7 +427,7 @@ impl BusConsumer for EmbeddedConsumer {
         let Some(&last) = crate::commit_targets(processed).get(&0) else {
             return Ok(());
         };
-        if last + 1 <= self.committed {
+        if last < self.committed {
             return Ok(());
         }
         let path = self.offset_path.clone();
@@ -460,7 +475,10 @@ mod tests {
             c.commit(&[got[3].position]).await.unwrap();
         }
         // a torn write after the last acknowledged record
-        let mut f = OpenOptions::new().append(true).open(dir.path().join("inbound.log")).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("inbound.log"))
+            .unwrap();
         f.write_all(&[200, 0, 0, 0, 1, 2]).unwrap();
         drop(f);
         let bus = EmbeddedBus::open(dir.path()).unwrap();
@@ -487,6 +505,12 @@ mod tests {
         let dl = bus.dead_letters(10).await.unwrap();
         assert_eq!(dl.len(), 1);
         assert_eq!(dl[0].reason, "unknown schema");
-        assert_eq!(dl[0].original, Some(Position { partition: 0, offset: 0 }));
+        assert_eq!(
+            dl[0].original,
+            Some(Position {
+                partition: 0,
+                offset: 0
+            })
+        );
     }
 }

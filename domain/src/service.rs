@@ -111,6 +111,10 @@ impl CustomerService {
         &self.store
     }
 
+    pub fn config(&self) -> &DomainConfig {
+        &self.config
+    }
+
     /// Resolves identity for one inbound event and appends the customer events.
     pub async fn handle(&self, event: &InboundEvent) -> Result<Resolution, DomainError> {
         for _ in 0..MAX_ATTEMPTS {

@@ -2,6 +2,7 @@
 //! and commits bus offsets only after the store made the appends durable.
 //! Poison messages (unknown schema, undecodable) go to the dead-letter log.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -121,22 +122,35 @@ impl DomainWorker {
     }
 
     /// Handles a batch, syncs the store, then commits the offsets.
+    ///
+    /// Events whose identifiers do not overlap (directly or through other events of the
+    /// batch) are independent: they are handled concurrently, each lane in bus order.
     async fn process(&self, batch: &[Delivery], consumer: &mut dyn BusConsumer) -> Result<(), DomainError> {
         let started = Instant::now();
+        let mut decoded = Vec::with_capacity(batch.len());
         for delivery in batch {
             let schema = delivery.record.header(bus::HEADER_SCHEMA).unwrap_or_default();
-            let event = match InboundEvent::decode(schema, &delivery.record.payload) {
-                Ok(e) => e,
-                Err(e) => {
-                    self.dead_letter(delivery, &e.to_string()).await?;
-                    continue;
-                }
-            };
-            match self.service.handle(&event).await {
-                Ok(_) => {}
-                Err(e) if e.is_transient() => return Err(e),
+            match InboundEvent::decode(schema, &delivery.record.payload) {
+                Ok(e) => decoded.push((delivery, e)),
                 Err(e) => self.dead_letter(delivery, &e.to_string()).await?,
             }
+        }
+        let lanes = independent_lanes(&decoded, self.service.config().default_region);
+        let decoded = &decoded;
+        let results = futures::future::join_all(lanes.into_iter().map(|lane| async move {
+            for i in lane {
+                let (delivery, event) = &decoded[i];
+                match self.service.handle(event).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_transient() => return Err(e),
+                    Err(e) => self.dead_letter(delivery, &e.to_string()).await?,
+                }
+            }
+            Ok(())
+        }))
+        .await;
+        for r in results {
+            r?;
         }
         self.service.store().sync().await?;
         let positions: Vec<_> = batch.iter().map(|d| d.position).collect();
@@ -156,4 +170,52 @@ impl DomainWorker {
             .await
             .map_err(|e| DomainError::Store(store::StoreError::Unavailable(format!("dead-letter write: {e}"))))
     }
+}
+
+/// Splits a batch into lanes: events sharing an identifier (transitively) share a lane,
+/// kept in bus order; different lanes touch different reservation streams.
+fn independent_lanes(events: &[(&Delivery, InboundEvent)], region: phonenumber::country::Id) -> Vec<Vec<usize>> {
+    let mut parent: Vec<usize> = (0..events.len()).collect();
+    fn find(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    let mut owner: HashMap<String, usize> = HashMap::new();
+    for (i, (_, event)) in events.iter().enumerate() {
+        let raws = event
+            .observation()
+            .and_then(|o| o.subject.as_ref())
+            .map(|s| s.identifiers.as_slice())
+            .unwrap_or_default();
+        for raw in raws {
+            let Ok(id) = crate::identity::normalise(raw, region) else {
+                continue;
+            };
+            match owner.entry(crate::identity::key(&id)) {
+                std::collections::hash_map::Entry::Occupied(o) => {
+                    let (a, b) = (find(&mut parent, *o.get()), find(&mut parent, i));
+                    if a != b {
+                        parent[b.max(a)] = a.min(b);
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(i);
+                }
+            }
+        }
+    }
+    let mut lanes: Vec<Vec<usize>> = Vec::new();
+    let mut lane_of: HashMap<usize, usize> = HashMap::new();
+    for i in 0..events.len() {
+        let root = find(&mut parent, i);
+        let lane = *lane_of.entry(root).or_insert_with(|| {
+            lanes.push(Vec::new());
+            lanes.len() - 1
+        });
+        lanes[lane].push(i);
+    }
+    lanes
 }
