@@ -1,10 +1,12 @@
 //! `crm`: the composition root and CLI. It wires the crates together and owns no
 //! business logic: serve, demo, replay, bench, dedup, import, config.
 
+mod admin;
 mod bench;
 mod config;
 mod demo;
 mod node;
+mod offline;
 mod replay;
 mod telemetry;
 
@@ -57,6 +59,11 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Deduplicate (or link) CSV records in batch with the matching engine.
     Dedup(matching::cli::DedupArgs),
+    /// Import a spreadsheet or marketplace export (CSV, XLSX, XLS) into the data directory.
+    Import(ingest::import::ImportArgs),
+    /// Inspect and replay rejected requests (and, with --dead-letters, poison bus messages).
+    #[command(subcommand)]
+    Quarantine(offline::QuarantineCommand),
     /// Print the effective configuration (defaults + file + environment) as TOML.
     Config,
 }
@@ -125,6 +132,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let args = args.clone();
             tokio::task::spawn_blocking(move || matching::cli::run(&args)).await??;
             Ok(())
+        }
+        Command::Import(args) => {
+            let config = load_config(&cli)?;
+            // The progress bar and the summary are the output; logs only when something is wrong.
+            let mut log = config.log.clone();
+            if log.filter == "info" {
+                log.filter = "warn".into();
+            }
+            telemetry::init_logging(&log);
+            offline::import(args, config).await
+        }
+        Command::Quarantine(cmd) => {
+            let config = load_config(&cli)?;
+            offline::quarantine(cmd, config).await
         }
         Command::Config => {
             let config = load_config(&cli)?;

@@ -171,9 +171,11 @@ pub async fn serve(
     let ready = Arc::new(AtomicBool::new(false));
     let mut workers = tokio::task::JoinSet::new();
 
+    let mut domain_backlog = watch::Sender::new(0i64).subscribe();
     if has(Role::Domain) {
         let service = Arc::new(CustomerService::new(node.store.clone(), node.domain_config()?));
         let worker = DomainWorker::new(node.bus.clone(), service, WorkerConfig::default());
+        domain_backlog = worker.backlog();
         let rx = stop_rx.clone();
         workers.spawn(async move { worker.run(rx).await.map_err(anyhow::Error::from) });
     }
@@ -189,21 +191,42 @@ pub async fn serve(
     }
 
     let mut app = Router::new();
+    let mut admin = query_api::admin::AdminPorts::default();
     if has(Role::Ingest) {
         let channels = ingest::channels::build(&config.channels, &|var| std::env::var(var).ok())?;
+        let quarantine = Arc::new(ingest::quarantine::Quarantine::open(&node.local)?);
         let state = ingest::http::IngestState {
             bus: node.bus.clone(),
             channels: Arc::new(channels),
-            rejections: None,
+            rejections: Some(quarantine.clone()),
             publish_timeout: Duration::from_millis(config.http.publish_timeout_ms),
         };
-        app = app.merge(ingest::http::router(state));
+        let jobs = ingest::import::ImportJobs::new(
+            node.bus.clone(),
+            config.data_dir.join("imports"),
+            Some(ingest::import::ImportLedger::in_db(&node.local)?),
+        );
+        admin.quarantine = Some(Arc::new(crate::admin::QuarantinePort {
+            quarantine,
+            ingest: state.clone(),
+        }));
+        admin.imports = Some(Arc::new(crate::admin::ImportPort {
+            jobs: jobs.clone(),
+            store: node.store.clone(),
+            domain_backlog: domain_backlog.clone(),
+        }));
+        app = app
+            .merge(ingest::http::router(state))
+            .merge(ingest::import::router(jobs));
     }
     if has(Role::Api) {
-        let schema = query_api::schema(query_api::ApiContext {
-            views: node.views.clone(),
-            default_region: config.region()?,
-        });
+        let schema = query_api::schema(
+            query_api::ApiContext {
+                views: node.views.clone(),
+                default_region: config.region()?,
+            },
+            admin,
+        );
         app = app.merge(query_api::router(schema));
     }
     let ops = OpsState {

@@ -49,11 +49,22 @@ pub struct DomainWorker {
     bus: Arc<dyn Bus>,
     service: Arc<CustomerService>,
     config: WorkerConfig,
+    backlog: watch::Sender<i64>,
 }
 
 impl DomainWorker {
     pub fn new(bus: Arc<dyn Bus>, service: Arc<CustomerService>, config: WorkerConfig) -> Self {
-        DomainWorker { bus, service, config }
+        DomainWorker {
+            bus,
+            service,
+            config,
+            backlog: watch::Sender::new(-1),
+        }
+    }
+
+    /// Inbound events on the bus not yet handled and committed (-1 until first known).
+    pub fn backlog(&self) -> watch::Receiver<i64> {
+        self.backlog.subscribe()
     }
 
     /// Runs until `shutdown` turns true; finishes and commits the batch in hand first.
@@ -114,6 +125,8 @@ impl DomainWorker {
 
     async fn report_lag(&self, consumer: &mut dyn BusConsumer) {
         if let Ok(lags) = consumer.lag().await {
+            self.backlog
+                .send_replace(lags.iter().map(|l| (l.high_watermark - l.committed).max(0)).sum());
             for l in lags {
                 metrics::gauge!("bus_consumer_lag", "group" => DOMAIN_GROUP, "partition" => l.partition.to_string())
                     .set((l.high_watermark - l.committed).max(0) as f64);

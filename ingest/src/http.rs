@@ -29,6 +29,20 @@ pub trait RejectionSink: Send + Sync + 'static {
     fn keep(&self, channel: &dyn Channel, request: &ChannelRequest, rejection: &Rejection);
 }
 
+impl RejectionSink for crate::quarantine::Quarantine {
+    fn keep(&self, channel: &dyn Channel, request: &ChannelRequest, rejection: &Rejection) {
+        let entry = crate::quarantine::QuarantineEntry::new(channel, request, rejection);
+        match self.put(entry) {
+            Ok(id) => {
+                tracing::info!(quarantine_id = %id, reason = rejection.reason.as_str(), "request quarantined");
+                metrics::counter!("quarantine_entries_total", "channel" => channel.kind(), "reason" => rejection.reason.as_str())
+                    .increment(1);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot write the rejected request to the quarantine"),
+        }
+    }
+}
+
 /// A bus record for an inbound event: key, schema headers, payload.
 pub fn bus_record(event: &InboundEvent) -> BusRecord {
     let schema = event.schema();
@@ -83,12 +97,57 @@ impl IngestState {
         by(name).or_else(|| by("*"))
     }
 
-    /// Runs a request through a channel and publishes what it yields (HTTP and quarantine replay).
+    /// Runs a request through a channel and publishes what it yields; rejections are quarantined.
     pub async fn process(&self, channel: &dyn Channel, request: &ChannelRequest) -> Result<Reply, ProcessError> {
+        self.run(channel, request, true).await.map(|(reply, _)| reply)
+    }
+
+    /// Replays a quarantined request through its channel's current configuration and
+    /// publishes what it yields. Idempotent: the event ids are deterministic per delivery.
+    pub async fn replay_quarantined(
+        &self,
+        quarantine: &crate::quarantine::Quarantine,
+        id: &str,
+    ) -> Result<crate::quarantine::QuarantinedRequest, String> {
+        let stored = quarantine
+            .get(id)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no quarantined request has id {id:?}; list them with `crm quarantine list`"))?;
+        let mut request = stored.to_request();
+        // Channels without a delivery id (web forms) derive their event id from this key,
+        // so replaying the same quarantined request twice publishes the same event.
+        request
+            .headers
+            .entry("idempotency-key".into())
+            .or_insert_with(|| format!("quarantine/{id}"));
+        let channel = self.channel(&stored.entry.channel, &request.subpath).ok_or_else(|| {
+            format!(
+                "channel {}/{} is not configured any more: add it back to the config, then replay",
+                stored.entry.channel, stored.entry.instance
+            )
+        })?;
+        let outcome = match self.run(channel.as_ref(), &request, false).await {
+            Ok((_, event_ids)) => crate::quarantine::ReplayOutcome::Accepted { event_ids },
+            Err(ProcessError::Rejected(r)) => crate::quarantine::ReplayOutcome::Rejected {
+                reason: r.reason,
+                message: r.message,
+            },
+            Err(ProcessError::Unavailable(m)) => return Err(format!("{m}; the request stays in the quarantine")),
+        };
+        metrics::counter!("quarantine_replays_total", "channel" => stored.entry.channel.clone()).increment(1);
+        quarantine.mark_replayed(id, outcome).map_err(|e| e.to_string())
+    }
+
+    async fn run(
+        &self,
+        channel: &dyn Channel,
+        request: &ChannelRequest,
+        quarantine: bool,
+    ) -> Result<(Reply, Vec<String>), ProcessError> {
         let accepted = match channel.handle(request) {
             Ok(a) => a,
             Err(rejection) => {
-                if let Some(sink) = &self.rejections {
+                if quarantine && let Some(sink) = &self.rejections {
                     sink.keep(channel, request, &rejection);
                 }
                 return Err(ProcessError::Rejected(rejection));
@@ -103,14 +162,15 @@ impl IngestState {
                 ))
             })?
             .map_err(|e| ProcessError::Unavailable(e.to_string()))?;
-        Ok(accepted.reply.unwrap_or_else(|| {
-            let ids: Vec<&str> = accepted.events.iter().map(|e| e.event_id()).collect();
+        let ids: Vec<String> = accepted.events.iter().map(|e| e.event_id().to_string()).collect();
+        let reply = accepted.reply.unwrap_or_else(|| {
             let body = match ids.as_slice() {
                 [one] => serde_json::json!({ "event_id": one, "offset": acks.first().map(|a| a.position.offset) }),
                 many => serde_json::json!({ "event_ids": many }),
             };
             Reply::json(202, &body)
-        }))
+        });
+        Ok((reply, ids))
     }
 }
 

@@ -3,14 +3,24 @@
 
 use async_graphql::connection::{Connection, Edge, EmptyFields, query};
 use async_graphql::http::GraphiQLSource;
-use async_graphql::{Context, EmptyMutation, EmptySubscription, Object, Result, Schema, SimpleObject};
+use async_graphql::{Context, EmptySubscription, MergedObject, Object, Result, Schema, SimpleObject};
 use async_graphql_axum::GraphQL;
 use axum::Router;
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use projections::{CustomerView, TimelineEntry, ViewStore};
 
-pub type CrmSchema = Schema<QueryRoot, EmptyMutation, EmptySubscription>;
+pub mod admin;
+
+pub type CrmSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+
+/// Every query: customers and the admin views (quarantine, imports).
+#[derive(MergedObject, Default)]
+pub struct QueryRoot(CustomerQuery, admin::AdminQuery);
+
+/// Every mutation.
+#[derive(MergedObject, Default)]
+pub struct MutationRoot(admin::AdminMutation);
 
 /// Settings the API needs to read input the way the domain does.
 #[derive(Clone)]
@@ -19,12 +29,16 @@ pub struct ApiContext {
     pub default_region: phonenumber::country::Id,
 }
 
-pub fn schema(ctx: ApiContext) -> CrmSchema {
-    Schema::build(QueryRoot, EmptyMutation, EmptySubscription)
-        .data(ctx)
-        .limit_depth(12)
-        .limit_complexity(5_000)
-        .finish()
+/// The schema; admin ports are optional (a role without them answers a clear error).
+pub fn schema(ctx: ApiContext, admin: admin::AdminPorts) -> CrmSchema {
+    let mut builder = Schema::build(QueryRoot::default(), MutationRoot::default(), EmptySubscription).data(ctx);
+    if let Some(q) = admin.quarantine {
+        builder = builder.data(q);
+    }
+    if let Some(i) = admin.imports {
+        builder = builder.data(i);
+    }
+    builder.limit_depth(12).limit_complexity(5_000).finish()
 }
 
 /// `GET /graphql` → GraphiQL, `POST /graphql` → queries.
@@ -294,7 +308,8 @@ pub struct CustomersInfo {
     pub total_count: u64,
 }
 
-pub struct QueryRoot;
+#[derive(Default)]
+pub struct CustomerQuery;
 
 fn normalise_input(api: &ApiContext, kind: &str, value: &str) -> Result<String> {
     Ok(match kind {
@@ -305,7 +320,7 @@ fn normalise_input(api: &ApiContext, kind: &str, value: &str) -> Result<String> 
 }
 
 #[Object]
-impl QueryRoot {
+impl CustomerQuery {
     /// A customer by id; an id merged into another customer resolves to the survivor.
     async fn customer(&self, ctx: &Context<'_>, id: String) -> Result<Option<Customer>> {
         let api = ctx.data::<ApiContext>()?;

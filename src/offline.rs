@@ -1,0 +1,207 @@
+//! Commands that work on a data directory directly (no server running):
+//! `crm import` and `crm quarantine`. They take the data-dir lock like `serve`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use domain::{CustomerService, DomainWorker, WorkerConfig};
+use ingest::quarantine::Quarantine;
+use projections::Projector;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::node::Node;
+
+#[derive(clap::Subcommand, Clone)]
+pub enum QuarantineCommand {
+    /// List quarantined requests (oldest first).
+    List {
+        #[arg(long)]
+        channel: Option<String>,
+        /// bad_signature, replayed, undecodable, failed_validation, payload_too_large, ...
+        #[arg(long)]
+        reason: Option<String>,
+        /// pending, replayed, replay_failed
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Also list poison messages the domain set aside on the bus's dead-letter log/topic.
+        #[arg(long)]
+        dead_letters: bool,
+    },
+    /// Show one quarantined request in full (secrets redacted).
+    Show { id: String },
+    /// Run quarantined requests through their channel's current config again and publish them.
+    Replay {
+        /// Ids to replay; with --all, every pending one.
+        ids: Vec<String>,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+fn ingest_state(node: &Node, quarantine: Arc<Quarantine>) -> anyhow::Result<ingest::http::IngestState> {
+    Ok(ingest::http::IngestState {
+        bus: node.bus.clone(),
+        channels: Arc::new(ingest::channels::build(&node.config.channels, &|v| {
+            std::env::var(v).ok()
+        })?),
+        rejections: Some(quarantine),
+        publish_timeout: Duration::from_millis(node.config.http.publish_timeout_ms),
+    })
+}
+
+pub async fn quarantine(cmd: &QuarantineCommand, config: Config) -> anyhow::Result<()> {
+    let node = Node::open(config).await.context(
+        "the quarantine lives in the data directory; while `crm serve` runs, use the admin GraphQL \
+         (quarantined, quarantinedRequest, replayQuarantined) instead",
+    )?;
+    let quarantine = Arc::new(Quarantine::open(&node.local)?);
+    match cmd {
+        QuarantineCommand::List {
+            channel,
+            reason,
+            status,
+            limit,
+            dead_letters,
+        } => {
+            let filter = crate::admin::filter(channel.clone(), reason.as_deref(), status.as_deref())
+                .map_err(anyhow::Error::msg)?;
+            let list = quarantine.list(&filter, *limit, None)?;
+            println!(
+                "{:<26} {:<10} {:<14} {:<20} {:<13} message",
+                "id", "channel", "instance", "reason", "status"
+            );
+            for s in &list {
+                println!(
+                    "{:<26} {:<10} {:<14} {:<20} {:<13} {}",
+                    s.id,
+                    s.channel,
+                    s.instance,
+                    s.reason.as_str(),
+                    s.status.as_str(),
+                    s.message
+                );
+            }
+            println!("{} quarantined request(s)", list.len());
+            if *dead_letters {
+                let dl = node.bus.dead_letters(*limit).await?;
+                println!("\ndead letters on the {} bus:", node.bus.kind());
+                for d in &dl {
+                    println!(
+                        "{}:{} key={} event-id={} reason={}",
+                        d.position.partition,
+                        d.position.offset,
+                        d.record.key,
+                        d.record.header(bus::HEADER_EVENT_ID).unwrap_or("-"),
+                        d.reason
+                    );
+                }
+                println!("{} dead letter(s)", dl.len());
+            }
+        }
+        QuarantineCommand::Show { id } => {
+            let r = quarantine
+                .get(id)?
+                .with_context(|| format!("no quarantined request has id {id:?}; see `crm quarantine list`"))?;
+            let d = crate::admin::detail(&r);
+            println!(
+                "id:        {}\nchannel:   {}/{}\nreceived:  {}\nreason:    {}: {}\nstatus:    {}",
+                d.item.id,
+                d.item.channel,
+                d.item.instance,
+                d.item.received_at,
+                d.item.reason,
+                d.item.message,
+                d.item.status
+            );
+            for f in &d.field_errors {
+                println!("field:     {f}");
+            }
+            for h in &d.headers {
+                println!("header:    {h}");
+            }
+            for p in &d.replay_history {
+                println!("replay:    {p}");
+            }
+            println!("body ({} bytes):\n{}", d.item.body_bytes, d.body_text);
+        }
+        QuarantineCommand::Replay { ids, all } => {
+            let state = ingest_state(&node, quarantine.clone())?;
+            let mut targets = ids.clone();
+            if *all {
+                let filter = crate::admin::filter(None, None, Some("pending")).map_err(anyhow::Error::msg)?;
+                targets.extend(quarantine.list(&filter, usize::MAX, None)?.into_iter().map(|s| s.id));
+            }
+            if targets.is_empty() {
+                anyhow::bail!("nothing to replay: give quarantine ids, or --all for every pending one");
+            }
+            for id in targets {
+                match state.replay_quarantined(&quarantine, &id).await {
+                    Ok(r) => println!("{id}: {}", crate::admin::replay_result(&r).message),
+                    Err(e) => println!("{id}: {e}"),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `crm import`: reads the file, publishes its rows, then runs the domain and the
+/// projections here until every row is in the views, and prints the summary.
+pub async fn import(args: &ingest::import::ImportArgs, config: Config) -> anyhow::Result<()> {
+    if args.print_template_if_asked()? {
+        return Ok(());
+    }
+    let region = config.region()?;
+    let node = Node::open(config).await.context(
+        "`crm import` works on the data directory; while `crm serve` runs, POST the file to /v1/imports instead",
+    )?;
+    let mut options = args.options();
+    options.ledger = Some(ingest::import::ImportLedger::in_db(&node.local)?);
+    let progress = ingest::import::TerminalProgress::new();
+    let mut summary = ingest::import::run(&options, node.bus.as_ref(), &progress).await?;
+
+    // Let the domain and the projections catch up, here in this process.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let service = Arc::new(CustomerService::new(node.store.clone(), node.domain_config()?));
+    let worker = DomainWorker::new(node.bus.clone(), service, WorkerConfig::default());
+    let mut backlog = worker.backlog();
+    let domain = tokio::spawn(worker.run(stop_rx.clone()));
+    let projector = Arc::new(Projector::new(node.views.clone(), region));
+    let follow = tokio::spawn(projections::worker::follow(node.store.clone(), projector, stop_rx));
+    eprintln!("resolving identities and building views…");
+    backlog.wait_for(|b| *b == 0).await?;
+    loop {
+        let last = last_position(node.store.as_ref()).await?;
+        if node.views.checkpoint()? >= last {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop_tx.send(true);
+    domain.await??;
+    follow.await??;
+    node.store.sync().await?;
+    node.views.flush().await?;
+    let (new, matched) = crate::admin::customer_figures(node.store.as_ref(), &summary).await?;
+    summary.new_customers = Some(new);
+    summary.matched_customers = Some(matched);
+    println!("{summary}");
+    Ok(())
+}
+
+/// Position of the last event in the store's global log.
+async fn last_position(store: &dyn store::EventStore) -> anyhow::Result<Option<store::GlobalPosition>> {
+    let mut after = None;
+    loop {
+        let batch = store.read_all(after, 100_000).await?;
+        match batch.last() {
+            Some(e) if batch.len() == 100_000 => after = Some(e.position),
+            Some(e) => return Ok(Some(e.position)),
+            None => return Ok(after),
+        }
+    }
+}
