@@ -336,9 +336,8 @@ enum Item {
         record: bus::BusRecord,
         repaired: u32,
     },
-    Already {
-        event_id: uuid::Uuid,
-    },
+    /// A row an earlier run of the same file already published.
+    Already,
     Rejected {
         row: u32,
         cells: Vec<String>,
@@ -482,7 +481,7 @@ impl sheet::RowSink for ReaderSide {
         self.rows += 1;
         let event_id = row::event_id(&self.sha, &state.name, row);
         let item = if state.published.contains(row) {
-            Item::Already { event_id }
+            Item::Already
         } else {
             let ctx = RowContext {
                 template,
@@ -673,7 +672,7 @@ impl<'a> Publisher<'a> {
                     self.checkpoint()?;
                 }
             }
-            Item::Already { event_id: _ } => {
+            Item::Already => {
                 // Counted, not listed: new/matched customers are figures of this run's rows.
                 self.summary.already_imported += 1;
             }
