@@ -64,7 +64,10 @@ pub fn number_text(f: f64) -> String {
 /// beyond trimming, so repairs can be counted.
 pub fn clean(text: &str) -> (Cow<'_, str>, bool) {
     let trimmed = text.trim();
-    if trimmed.is_ascii() {
+    // Most cells (ASCII, plain Chinese) are already NFKC: a quick check spares the rewrite.
+    if trimmed.is_ascii()
+        || unicode_normalization::is_nfkc_quick(trimmed.chars()) == unicode_normalization::IsNormalized::Yes
+    {
         return (Cow::Borrowed(trimmed), false);
     }
     let normalized = proto::normalize::nfkc(trimmed);

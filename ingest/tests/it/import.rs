@@ -272,7 +272,7 @@ async fn check_bad_rows(src: &Path) {
     let rerun = import::run(&options, &bus2, &NoProgress).await.unwrap();
     assert_eq!(counts(&rerun), (200, 0, 190, 10));
     assert!(bus2.events().is_empty());
-    assert_eq!(rerun.event_ids.len(), 190);
+    assert!(rerun.event_ids.is_empty(), "event ids are those this run published");
 
     // The user fixes the report in place and imports it: the error column is ignored.
     let report = summary.error_report.unwrap();
