@@ -25,6 +25,9 @@
 //! reader of the log never sees a gap that fills in later. That is what lets
 //! [`EventStore::subscribe_all`] follow the log without gaps or duplicates.
 //!
+//! An append whose future is dropped after it was queued may still be committed; callers
+//! retry with the same event ids, which is harmless (the redelivery rule).
+//!
 //! Durability invariant: an acknowledged `append` is atomic and visible but *not yet
 //! fsynced*. [`EventStore::sync`] (sled `flush_async`) makes every append acknowledged
 //! before the call durable. Callers that acknowledge anything to the outside world (the
