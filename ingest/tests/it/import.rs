@@ -427,3 +427,66 @@ async fn empty_templates_print_and_read_back() {
         }
     }
 }
+
+#[tokio::test]
+async fn http_upload_runs_a_job_with_status_and_error_report() {
+    use axum::body::{Body, to_bytes};
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let bus: std::sync::Arc<dyn Bus> = std::sync::Arc::new(MemoryBus::default());
+    let jobs = import::ImportJobs::new(bus, dir.path().join("uploads"), None);
+    let app = import::router(jobs.clone());
+    let file = std::fs::read(fixtures().join("damaged_phones.csv")).unwrap();
+    let mut body = Vec::new();
+    body.extend_from_slice(b"--XyZ\r\nContent-Disposition: form-data; name=\"template\"\r\n\r\ntrade-show\r\n");
+    body.extend_from_slice(
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"source\"\r\n\r\n2026\xe4\xb8\x8a\xe6\xb5\xb7\r\n",
+    );
+    body.extend_from_slice(
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"damaged_phones.csv\"\r\nContent-Type: text/csv\r\n\r\n",
+    );
+    body.extend_from_slice(&file);
+    body.extend_from_slice(b"\r\n--XyZ--\r\n");
+    let request = Request::post("/v1/imports")
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(Body::from(body))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 202);
+    let created: serde_json::Value =
+        serde_json::from_slice(&to_bytes(response.into_body(), 1 << 20).await.unwrap()).unwrap();
+    let url = created["status_url"].as_str().unwrap().to_string();
+    let mut status = serde_json::Value::Null;
+    for _ in 0..200 {
+        let response = app
+            .clone()
+            .oneshot(Request::get(&url).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        status = serde_json::from_slice(&to_bytes(response.into_body(), 1 << 20).await.unwrap()).unwrap();
+        if status["state"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(status["summary"]["accepted"], 5);
+    assert_eq!(status["summary"]["rejected"], 2);
+    assert_eq!(status["summary"]["source"], "2026上海");
+    let errors = app
+        .clone()
+        .oneshot(Request::get(format!("{url}/errors")).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(errors.status(), 200);
+    let text = String::from_utf8(to_bytes(errors.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+    assert!(text.contains("1.38E+10"), "{text}");
+    assert_eq!(jobs.list().len(), 1);
+    let missing = app
+        .oneshot(Request::get("/v1/imports/nope").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
