@@ -78,6 +78,8 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // kurrentdb and reqwest both bring rustls: pick one crypto provider before any TLS client exists.
+    store::kurrent::install_tls_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -76,7 +76,17 @@ impl Node {
                 (Arc::new(s), db)
             }
             StoreKind::Eventstoredb => {
-                anyhow::bail!("store.kind = eventstoredb is not available in this build yet")
+                let url = config.store.url.clone().unwrap_or_default();
+                let s = store::kurrent::KurrentStore::connect(&url)
+                    .await
+                    .context("cannot use EventStoreDB/KurrentDB as the event store (store.url)")?;
+                // Views and local state stay on this node, in their own sled database.
+                let views_dir = config.data_dir.join("views");
+                let db = sled::Config::new()
+                    .path(&views_dir)
+                    .open()
+                    .with_context(|| format!("cannot open the view store at {}", views_dir.display()))?;
+                (Arc::new(s), db)
             }
         };
         let views = ViewStore::open(&local)?;
