@@ -37,6 +37,9 @@ pub struct Reply {
     pub status: u16,
     pub content_type: String,
     pub body: Vec<u8>,
+    /// Extra response headers (name, value), e.g. a CORS preflight's `Access-Control-Allow-Methods`.
+    /// `Content-Type` comes from `content_type`, not from here.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reply {
@@ -45,6 +48,16 @@ impl Reply {
             status,
             content_type: "text/plain; charset=utf-8".into(),
             body: body.into().into_bytes(),
+            headers: Vec::new(),
+        }
+    }
+    /// An answer without a body (e.g. 204 to a CORS preflight).
+    pub fn empty(status: u16) -> Self {
+        Reply {
+            status,
+            content_type: String::new(),
+            body: Vec::new(),
+            headers: Vec::new(),
         }
     }
     pub fn json(status: u16, value: &serde_json::Value) -> Self {
@@ -52,7 +65,12 @@ impl Reply {
             status,
             content_type: "application/json".into(),
             body: value.to_string().into_bytes(),
+            headers: Vec::new(),
         }
+    }
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
     }
 }
 
@@ -78,6 +96,8 @@ pub enum RejectReason {
     WrongRecipient,
     RateLimited,
     Spam,
+    /// A browser request from an `Origin` the channel does not allow (CORS).
+    OriginNotAllowed,
 }
 
 impl RejectReason {
@@ -92,6 +112,7 @@ impl RejectReason {
             RejectReason::WrongRecipient => "wrong_recipient",
             RejectReason::RateLimited => "rate_limited",
             RejectReason::Spam => "spam",
+            RejectReason::OriginNotAllowed => "origin_not_allowed",
         }
     }
     /// HTTP status the caller gets.
@@ -102,7 +123,7 @@ impl RejectReason {
             RejectReason::Undecodable | RejectReason::FailedValidation | RejectReason::Spam => 400,
             RejectReason::PayloadTooLarge => 413,
             RejectReason::UnsupportedMediaType => 415,
-            RejectReason::WrongRecipient => 403,
+            RejectReason::WrongRecipient | RejectReason::OriginNotAllowed => 403,
             RejectReason::RateLimited => 429,
         }
     }
@@ -121,6 +142,8 @@ pub struct Rejection {
     pub reason: RejectReason,
     pub message: String,
     pub fields: Vec<FieldError>,
+    /// Extra response headers (name, value), e.g. `Retry-After` for a rate limit.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Rejection {
@@ -129,10 +152,15 @@ impl Rejection {
             reason,
             message: message.into(),
             fields: Vec::new(),
+            headers: Vec::new(),
         }
     }
     pub fn with_fields(mut self, fields: Vec<FieldError>) -> Self {
         self.fields = fields;
+        self
+    }
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
         self
     }
     /// JSON body sent to the caller.
@@ -156,6 +184,21 @@ pub trait Channel: Send + Sync + 'static {
 
     /// Reads one request. `Err` → the framework answers with the rejection and quarantines it.
     fn handle(&self, request: &ChannelRequest) -> Result<Accepted, Rejection>;
+
+    /// Admission control (rate limits) for a request as it arrives, before [`Channel::handle`].
+    /// The framework calls it for live requests only, never on a quarantine replay (an
+    /// operator's replay is not traffic). A refusal here is answered and counted but NOT
+    /// quarantined: the sender is told to come back later, and storing a flood would let
+    /// one client fill the disk.
+    fn admit(&self, _request: &ChannelRequest) -> Result<(), Rejection> {
+        Ok(())
+    }
+
+    /// Headers added to every answer to this request, accepted, refused or 503 (e.g. CORS
+    /// `Access-Control-Allow-Origin`, so a browser page can read field errors too).
+    fn response_headers(&self, _request: &ChannelRequest) -> Vec<(String, String)> {
+        Vec::new()
+    }
 
     /// Header names whose values are secrets, redacted in quarantine (lower-case).
     fn secret_headers(&self) -> &'static [&'static str] {

@@ -97,9 +97,19 @@ impl IngestState {
         by(name).or_else(|| by("*"))
     }
 
-    /// Runs a request through a channel and publishes what it yields; rejections are quarantined.
-    pub async fn process(&self, channel: &dyn Channel, request: &ChannelRequest) -> Result<Reply, ProcessError> {
-        self.run(channel, request, true).await.map(|(reply, _)| reply)
+    /// Runs a live request through a channel (admission, then verify and parse) and
+    /// publishes what it yields; returns the reply and the number of events published.
+    /// Rejections by [`Channel::handle`] are quarantined; refusals by [`Channel::admit`]
+    /// (rate limits) are not.
+    pub async fn process(
+        &self,
+        channel: &dyn Channel,
+        request: &ChannelRequest,
+    ) -> Result<(Reply, usize), ProcessError> {
+        channel.admit(request).map_err(ProcessError::Rejected)?;
+        self.run(channel, request, true)
+            .await
+            .map(|(reply, ids)| (reply, ids.len()))
     }
 
     /// Replays a quarantined request through its channel's current configuration and
@@ -186,9 +196,12 @@ pub enum ProcessError {
 mod emit {
     use crate::channel::Rejection;
 
-    pub fn accepted(kind: &str, instance: &str, events: usize, elapsed: std::time::Duration) {
+    pub fn accepted(kind: &str, instance: &str, events: usize) {
         metrics::counter!("channel_events_accepted_total", "channel" => kind.to_string(), "instance" => instance.to_string())
             .increment(events as u64);
+    }
+    /// Every answer, accepted or not, with how long it took.
+    pub fn answered(kind: &str, elapsed: std::time::Duration) {
         metrics::histogram!("channel_request_seconds", "channel" => kind.to_string()).record(elapsed.as_secs_f64());
     }
     pub fn rejected(kind: &str, instance: &str, rejection: &Rejection) {
@@ -208,13 +221,46 @@ pub fn router(state: IngestState) -> Router {
         .with_state(state)
 }
 
-fn reply_response(reply: Reply) -> Response {
+/// The HTTP answer for a channel's reply: status, content type, body and its headers.
+pub fn reply_response(reply: Reply) -> Response {
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
     let mut resp = (status, reply.body).into_response();
-    if let Ok(v) = HeaderValue::from_str(&reply.content_type) {
+    if reply.content_type.is_empty() {
+        resp.headers_mut().remove(header::CONTENT_TYPE);
+    } else if let Ok(v) = HeaderValue::from_str(&reply.content_type) {
         resp.headers_mut().insert(header::CONTENT_TYPE, v);
     }
+    add_headers(&mut resp, &reply.headers);
     resp
+}
+
+/// The HTTP answer for a rejection: its status, the JSON body and its headers
+/// (a rate limit without its own `Retry-After` gets one of 60 seconds).
+pub fn rejection_response(rejection: &Rejection) -> Response {
+    let status = StatusCode::from_u16(rejection.reason.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut resp = (status, Json(rejection.body())).into_response();
+    add_headers(&mut resp, &rejection.headers);
+    if rejection.reason == RejectReason::RateLimited && !resp.headers().contains_key(header::RETRY_AFTER) {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    }
+    resp
+}
+
+/// Appends headers; a name or value HTTP cannot carry is logged and skipped (channels build
+/// them from configuration, so this is a configuration mistake, not a reason to fail the answer).
+fn add_headers(resp: &mut Response, headers: &[(String, String)]) {
+    for (name, value) in headers {
+        match (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            (Ok(n), Ok(v)) => {
+                resp.headers_mut().append(n, v);
+            }
+            _ => tracing::warn!(header = %name, value = %value, "response header skipped: not a valid HTTP header"),
+        }
+    }
 }
 
 async fn handle(
@@ -273,21 +319,23 @@ async fn handle(
         received_at_us: proto::now_us(),
     };
     let span = tracing::info_span!("channel", channel = channel.kind(), instance = %name);
+    // Metric label: the mount name, except for a catch-all channel (`*`), whose URL segment
+    // is whatever the caller chose and would let anyone create unbounded label values.
+    let label = if channel.instance() == "*" {
+        "*".to_string()
+    } else {
+        name.clone()
+    };
     async move {
-        match state.process(channel.as_ref(), &request).await {
-            Ok(reply) => {
-                emit::accepted(channel.kind(), &name, 1, started.elapsed());
+        let extra = channel.response_headers(&request);
+        let mut resp = match state.process(channel.as_ref(), &request).await {
+            Ok((reply, events)) => {
+                emit::accepted(channel.kind(), &label, events);
                 reply_response(reply)
             }
             Err(ProcessError::Rejected(rejection)) => {
-                emit::rejected(channel.kind(), &name, &rejection);
-                let status = StatusCode::from_u16(rejection.reason.status()).unwrap_or(StatusCode::BAD_REQUEST);
-                let mut resp = (status, Json(rejection.body())).into_response();
-                if rejection.reason == RejectReason::RateLimited {
-                    resp.headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
-                }
-                resp
+                emit::rejected(channel.kind(), &label, &rejection);
+                rejection_response(&rejection)
             }
             Err(ProcessError::Unavailable(message)) => {
                 emit::unavailable(channel.kind(), &message);
@@ -303,8 +351,111 @@ async fn handle(
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
                 resp
             }
-        }
+        };
+        add_headers(&mut resp, &extra);
+        emit::answered(channel.kind(), started.elapsed());
+        resp
     }
     .instrument(span)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::channels::web_form::{WebForm, WebFormConfig};
+
+    fn app(dir: &std::path::Path) -> Router {
+        let form = WebForm::new(WebFormConfig {
+            name: "contact".into(),
+            rate_limit_per_minute: 2,
+            cors_origins: vec!["https://www.example.com".into()],
+            ..WebFormConfig::default()
+        })
+        .unwrap();
+        router(IngestState {
+            bus: Arc::new(bus::embedded::EmbeddedBus::open(dir).unwrap()),
+            channels: Arc::new(vec![Arc::new(form) as Arc<dyn Channel>]),
+            rejections: None,
+            publish_timeout: Duration::from_secs(5),
+        })
+    }
+
+    fn request(method: &str, origin: &str, peer: &str) -> axum::extract::Request {
+        let mut r = axum::http::Request::builder()
+            .method(method)
+            .uri("/v1/channels/web-form/contact")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("origin", origin)
+            .body(Body::from("email=a@example.com"))
+            .unwrap();
+        r.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::new(peer.parse().unwrap(), 40000)));
+        r
+    }
+
+    fn header<'a>(resp: &'a Response, name: &str) -> Option<&'a str> {
+        resp.headers().get(name).and_then(|v| v.to_str().ok())
+    }
+
+    #[tokio::test]
+    async fn cors_and_rate_limit_headers_reach_the_wire() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(dir.path());
+        let ok = "https://www.example.com";
+
+        let preflight = app
+            .clone()
+            .oneshot(request("OPTIONS", ok, "203.0.113.7"))
+            .await
+            .unwrap();
+        assert_eq!(preflight.status(), 204);
+        assert_eq!(header(&preflight, "access-control-allow-origin"), Some(ok));
+        assert_eq!(
+            header(&preflight, "access-control-allow-methods"),
+            Some("POST, OPTIONS")
+        );
+        assert_eq!(header(&preflight, "content-type"), None);
+
+        for _ in 0..2 {
+            let accepted = app.clone().oneshot(request("POST", ok, "203.0.113.7")).await.unwrap();
+            assert_eq!(accepted.status(), 202);
+            assert_eq!(header(&accepted, "access-control-allow-origin"), Some(ok));
+            assert_eq!(header(&accepted, "vary"), Some("Origin"));
+        }
+        let limited = app.clone().oneshot(request("POST", ok, "203.0.113.7")).await.unwrap();
+        assert_eq!(limited.status(), 429);
+        let retry: u64 = header(&limited, "retry-after").unwrap().parse().unwrap();
+        assert!((1..=30).contains(&retry), "{retry}");
+        // The browser can read the refusal too.
+        assert_eq!(header(&limited, "access-control-allow-origin"), Some(ok));
+
+        let denied = app
+            .clone()
+            .oneshot(request("POST", "https://evil.example", "198.51.100.1"))
+            .await
+            .unwrap();
+        assert_eq!(denied.status(), 403);
+        assert_eq!(header(&denied, "access-control-allow-origin"), None);
+        let body = axum::body::to_bytes(denied.into_body(), 1 << 16).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "origin_not_allowed");
+    }
+
+    #[test]
+    fn invalid_reply_headers_are_skipped_not_fatal() {
+        let resp = reply_response(
+            Reply::text(200, "ok")
+                .with_header("x-good", "1")
+                .with_header("bad header", "x")
+                .with_header("x-bad-value", "a\nb"),
+        );
+        assert_eq!(header(&resp, "x-good"), Some("1"));
+        assert_eq!(resp.headers().len(), 2, "{:?}", resp.headers());
+    }
 }

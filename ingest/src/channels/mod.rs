@@ -41,7 +41,10 @@ pub enum ChannelConfigError {
 }
 
 /// Builds every configured channel. The default web form (any form id) is always there.
-pub fn build(configs: &[ChannelConfig], env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Arc<dyn Channel>>, ChannelConfigError> {
+pub fn build(
+    configs: &[ChannelConfig],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<Arc<dyn Channel>>, ChannelConfigError> {
     let mut out: Vec<Arc<dyn Channel>> = Vec::new();
     for config in configs {
         let channel: Arc<dyn Channel> = match config {
@@ -51,7 +54,10 @@ pub fn build(configs: &[ChannelConfig], env: &dyn Fn(&str) -> Option<String>) ->
             ChannelConfig::Shopify(c) => Arc::new(shopify::Shopify::new(c.clone(), env)?),
             ChannelConfig::Webhook(c) => Arc::new(webhook::Webhook::new(c.clone(), env)?),
         };
-        if out.iter().any(|c| c.kind() == channel.kind() && c.instance() == channel.instance()) {
+        if out
+            .iter()
+            .any(|c| c.kind() == channel.kind() && c.instance() == channel.instance())
+        {
             return Err(ChannelConfigError::Duplicate {
                 kind: channel.kind().into(),
                 name: channel.instance().into(),
