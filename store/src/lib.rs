@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 pub mod conformance;
 pub mod embedded;
+pub mod remote;
 pub mod kurrent;
 
 /// Position of an event in the global log (`$all`). Embedded: commit == prepare == sequence.
