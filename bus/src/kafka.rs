@@ -99,7 +99,7 @@ impl Default for KafkaConfig {
             replication: 1,
             publish_timeout_ms: 5_000,
             connect_timeout_ms: 60_000,
-            operation_timeout_ms: 30_000,
+            operation_timeout_ms: 10_000,
             properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
@@ -470,13 +470,11 @@ impl KafkaBus {
             .payload(payload)
             .headers(kafka_headers);
         let timeout = self.config.publish_timeout();
-        // `send` retries QueueFull itself until `timeout`; librdkafka then gives up on
-        // delivery after `message.timeout.ms` (the same value). The outer timeout is a backstop.
-        let sent = tokio::time::timeout(
-            timeout * 2 + Duration::from_secs(1),
-            self.producer.send(record, timeout),
-        )
-        .await;
+        // `send` retries QueueFull itself until `timeout`, and librdkafka gives up on delivery
+        // after `message.timeout.ms` (the same value), but its timeout scan is coarse and a
+        // request in flight to a dead broker can take longer: the outer timeout is the bound
+        // callers rely on. A record abandoned here may still land later; consumers dedupe by event id.
+        let sent = tokio::time::timeout(timeout, self.producer.send(record, timeout)).await;
         match sent {
             Ok(Ok(delivery)) => Ok(Position {
                 partition: delivery.partition,
@@ -485,8 +483,7 @@ impl KafkaBus {
             Ok(Err((error, _))) => Err(produce_error(&self.config, topic, error)),
             Err(_) => Err(BusError::Unavailable(format!(
                 "no delivery report from kafka at {} for topic {topic} within {} ms",
-                self.config.bootstrap_servers,
-                (timeout * 2).as_millis()
+                self.config.bootstrap_servers, self.config.publish_timeout_ms
             ))),
         }
     }
@@ -596,6 +593,7 @@ impl Bus for KafkaBus {
             group: group.to_owned(),
             owned,
             config: self.config.clone(),
+            watermarks: self.producer.clone(),
         }))
     }
 
@@ -747,6 +745,9 @@ pub struct KafkaConsumer {
     group: String,
     owned: Arc<Mutex<BTreeSet<i32>>>,
     config: KafkaConfig,
+    /// Asks for watermarks on the producer's connection: on the consumer's own, the query
+    /// queues behind the long-polling fetch (up to `fetch.wait.max.ms` per partition).
+    watermarks: FutureProducer<TracingContext>,
 }
 
 impl KafkaConsumer {
@@ -788,18 +789,29 @@ impl BusConsumer for KafkaConsumer {
             return Ok(out);
         }
         let consumer = self.member()?;
-        match tokio::time::timeout(wait, consumer.recv()).await {
-            Err(_) => return Ok(out),
-            Ok(Err(e)) => return Err(consume_error(&self.config, &self.group, e)),
-            Ok(Ok(m)) => out.push(Self::delivery(&m)),
+        let deadline = Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Err(_) => return Ok(out),
+                Ok(Ok(m)) => {
+                    out.push(Self::delivery(&m));
+                    break;
+                }
+                // librdkafka reports lost connections as consumer errors but reconnects by
+                // itself; after an outage a backlog of them is queued. Skip them, keep waiting.
+                Ok(Err(e)) if e.rdkafka_error_code().is_some_and(is_transient) => {
+                    tracing::debug!(group = %self.group, error = %e, "kafka consumer: transient error skipped");
+                }
+                Ok(Err(e)) => return Err(consume_error(&self.config, &self.group, e)),
+            }
         }
         while out.len() < max {
             match consumer.recv().now_or_never() {
                 None => break,
                 Some(Ok(m)) => out.push(Self::delivery(&m)),
                 Some(Err(e)) => {
-                    // Hand out what was received; the error shows again on the next poll if it persists.
-                    tracing::warn!(group = %self.group, error = %e, "kafka consumer error after a partial batch");
+                    // Hand out what was received; a lasting error shows again on the next poll.
+                    tracing::debug!(group = %self.group, error = %e, "kafka consumer error after a partial batch");
                     break;
                 }
             }
@@ -826,8 +838,17 @@ impl BusConsumer for KafkaConsumer {
             return Ok(());
         }
         let consumer = self.member()?.clone();
-        let result = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+        let commit = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync));
+        // A synchronous commit has no timeout of its own and would wait out a broker outage.
+        let result = tokio::time::timeout(self.config.operation_timeout(), commit)
             .await
+            .map_err(|_| {
+                BusError::Unavailable(format!(
+                    "kafka at {} did not confirm the commit of group {} within {} ms; its records will be \
+                     delivered again",
+                    self.config.bootstrap_servers, self.group, self.config.operation_timeout_ms
+                ))
+            })?
             .map_err(|e| BusError::Other(format!("commit task failed: {e}")))?;
         match result {
             Ok(()) => Ok(()),
@@ -853,8 +874,10 @@ impl BusConsumer for KafkaConsumer {
         let consumer = self.member()?.clone();
         let topic = self.topic.clone();
         let config = self.config.clone();
-        tokio::task::spawn_blocking(move || {
-            let timeout = config.operation_timeout();
+        let timeout = config.operation_timeout();
+        let bootstrap = config.bootstrap_servers.clone();
+        let watermarks = self.watermarks.clone();
+        let task = tokio::task::spawn_blocking(move || {
             let mut tpl = TopicPartitionList::new();
             for p in &owned {
                 tpl.add_partition(&topic, *p);
@@ -864,7 +887,8 @@ impl BusConsumer for KafkaConsumer {
                 .map_err(|e| op_error(&config, "reading committed offsets", e))?;
             let mut out = Vec::with_capacity(owned.len());
             for p in owned {
-                let (low, high) = consumer
+                let (low, high) = watermarks
+                    .client()
                     .fetch_watermarks(&topic, p, timeout)
                     .map_err(|e| op_error(&config, "reading watermarks", e))?;
                 let committed = match committed.find_partition(&topic, p).map(|e| e.offset()) {
@@ -879,9 +903,16 @@ impl BusConsumer for KafkaConsumer {
                 });
             }
             Ok(out)
-        })
-        .await
-        .map_err(|e| BusError::Other(format!("lag task failed: {e}")))?
+        });
+        // Each query has the timeout, but there is one per partition: bound the whole.
+        tokio::time::timeout(timeout, task)
+            .await
+            .map_err(|_| {
+                BusError::Unavailable(format!(
+                    "kafka at {bootstrap} did not answer the lag query within {timeout:?}"
+                ))
+            })?
+            .map_err(|e| BusError::Other(format!("lag task failed: {e}")))?
     }
 }
 
