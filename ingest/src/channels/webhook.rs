@@ -765,7 +765,7 @@ mod tests {
             .filter_map(|b| b.split("```").next())
             .filter(|b| b.contains("[[channels]]"))
             .collect();
-        assert_eq!(blocks.len(), 4, "one example per channel");
+        assert_eq!(blocks.len(), 5, "one example per channel");
         let configs: Vec<crate::channels::ChannelConfig> = blocks
             .iter()
             .flat_map(|b| {
@@ -783,6 +783,7 @@ mod tests {
         };
         let built = crate::channels::build(&configs, &env).unwrap();
         let kinds: Vec<_> = built.iter().map(|c| (c.kind(), c.instance().to_string())).collect();
+        assert!(kinds.contains(&("web-form", "contact".to_string())), "{kinds:?}");
         for expected in ["wechat", "youzan", "shopify", "webhook"] {
             assert!(
                 kinds.iter().any(|(k, _)| *k == expected),
