@@ -19,6 +19,20 @@ use crate::config::Config;
 pub enum BenchCommand {
     /// Web forms over HTTP: sustained forms/s and submit-to-visible latency.
     Ingest(IngestBench),
+    /// A generated trade-show CSV imported end to end into the views: time, rows/s, peak RSS.
+    Import(ImportBench),
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ImportBench {
+    /// Rows in the generated file.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: usize,
+    /// Share of rows that repeat an earlier person (with typos and other spellings).
+    #[arg(long, default_value_t = 0.1)]
+    dup_rate: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 #[derive(clap::Args, Clone)]
@@ -43,7 +57,38 @@ pub struct IngestBench {
 pub async fn run(cmd: &BenchCommand, config: Config) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Ingest(b) => ingest(b, config).await,
+        BenchCommand::Import(b) => import(b, config).await,
     }
+}
+
+async fn import(b: &ImportBench, mut config: Config) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("visitors.csv");
+    let generated = std::time::Instant::now();
+    ingest::import::generate(b.rows, b.dup_rate, b.seed, &file)?;
+    println!(
+        "generated {} rows ({:.0} MiB, {:.0}% duplicates) in {:.1} s",
+        b.rows,
+        std::fs::metadata(&file)?.len() as f64 / (1 << 20) as f64,
+        b.dup_rate * 100.0,
+        generated.elapsed().as_secs_f64()
+    );
+    config.data_dir = dir.path().join("data");
+    let started = Instant::now();
+    let mut options = ingest::import::ImportOptions::new(&file);
+    options.template = Some("trade-show".into());
+    options.error_report = Some(dir.path().join("errors.csv"));
+    let summary = crate::offline::import_into_views(options, config, &ingest::import::TerminalProgress::new()).await?;
+    let elapsed = started.elapsed();
+    println!("{summary}");
+    println!(
+        "bench import: {} rows end to end into the views in {:.1} s = {:.0} rows/s; peak RSS {:.0} MiB",
+        summary.rows_read,
+        elapsed.as_secs_f64(),
+        summary.rows_read as f64 / elapsed.as_secs_f64(),
+        matching::cli::peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
+    );
+    Ok(())
 }
 
 /// A server started for the benchmark; stops when dropped.

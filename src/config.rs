@@ -84,13 +84,17 @@ pub enum StoreKind {
     #[serde(alias = "kurrentdb")]
     #[value(alias = "kurrentdb")]
     Eventstoredb,
+    /// The embedded store of another process running the domain role, read over HTTP
+    /// (projector/api roles on other machines); `url` is that process's address.
+    Remote,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub kind: StoreKind,
-    /// Connection string of EventStoreDB/KurrentDB, e.g. `esdb://admin:changeit@127.0.0.1:2113?tls=false`.
+    /// EventStoreDB/KurrentDB connection string (`esdb://admin:changeit@127.0.0.1:2113?tls=false`),
+    /// or for `remote` the domain process's URL (`http://127.0.0.1:8081`).
     pub url: Option<String>,
 }
 
@@ -99,12 +103,15 @@ pub struct StoreConfig {
 pub struct IdentityConfig {
     /// Region for phone numbers written without a country code.
     pub default_region: String,
+    /// Live probabilistic matching, review band and guardrails.
+    pub matching: domain::matcher::MatchingConfig,
 }
 
 impl Default for IdentityConfig {
     fn default() -> Self {
         IdentityConfig {
             default_region: "CN".into(),
+            matching: domain::matcher::MatchingConfig::default(),
         }
     }
 }
@@ -166,6 +173,11 @@ impl Config {
         if self.store.kind == StoreKind::Eventstoredb && self.store.url.as_deref().unwrap_or("").is_empty() {
             anyhow::bail!(
                 "store.kind is eventstoredb but store.url is empty: set it (or CRM__STORE__URL) to a connection string like esdb://admin:changeit@127.0.0.1:2113?tls=false"
+            );
+        }
+        if self.store.kind == StoreKind::Remote && self.store.url.as_deref().unwrap_or("").is_empty() {
+            anyhow::bail!(
+                "store.kind is remote but store.url is empty: set it (or CRM__STORE__URL) to the address of the process running the domain role, e.g. http://127.0.0.1:8081"
             );
         }
         if self.bus.kind == BusKind::Kafka {

@@ -30,7 +30,7 @@ pub enum Role {
     Domain,
     /// Views: event store → views.
     Projector,
-    /// GraphQL over the views.
+    /// GraphQL over this process's views (it runs a projector to keep them).
     Api,
     /// Everything in one process (the default).
     All,
@@ -88,6 +88,16 @@ impl Node {
                     .with_context(|| format!("cannot open the view store at {}", views_dir.display()))?;
                 (Arc::new(s), db)
             }
+            StoreKind::Remote => {
+                let url = config.store.url.clone().unwrap_or_default();
+                let s = store::remote::RemoteStore::new(&url)?;
+                let views_dir = config.data_dir.join("views");
+                let db = sled::Config::new()
+                    .path(&views_dir)
+                    .open()
+                    .with_context(|| format!("cannot open the view store at {}", views_dir.display()))?;
+                (Arc::new(s), db)
+            }
         };
         let views = ViewStore::open(&local)?;
         Ok(Node {
@@ -103,6 +113,7 @@ impl Node {
     pub fn domain_config(&self) -> anyhow::Result<DomainConfig> {
         Ok(DomainConfig {
             default_region: self.config.region()?,
+            matching: self.config.identity.matching.clone(),
         })
     }
 }
@@ -189,7 +200,8 @@ pub async fn serve(
         let rx = stop_rx.clone();
         workers.spawn(async move { worker.run(rx).await.map_err(anyhow::Error::from) });
     }
-    if has(Role::Projector) {
+    // Every process serving the API keeps its own views, built by its own projector.
+    if has(Role::Projector) || has(Role::Api) {
         let projector = Arc::new(Projector::new(node.views.clone(), config.region()?));
         let store = node.store.clone();
         let rx = stop_rx.clone();
@@ -201,6 +213,10 @@ pub async fn serve(
     }
 
     let mut app = Router::new();
+    if has(Role::Domain) && config.store.kind == StoreKind::Embedded {
+        // Projector/api roles in other processes read the embedded store from here.
+        app = app.merge(store::remote::router(node.store.clone()));
+    }
     let mut admin = query_api::admin::AdminPorts::default();
     if has(Role::Ingest) {
         let channels = ingest::channels::build(&config.channels, &|var| std::env::var(var).ok())?;
@@ -234,6 +250,9 @@ pub async fn serve(
             query_api::ApiContext {
                 views: node.views.clone(),
                 default_region: config.region()?,
+                // Review decisions and splits append to the store: not from a read-only remote store.
+                identity: (config.store.kind != StoreKind::Remote)
+                    .then(|| Arc::new(domain::IdentityCommands::new(node.store.clone()))),
             },
             admin,
         );

@@ -155,16 +155,24 @@ pub async fn import(args: &ingest::import::ImportArgs, config: Config) -> anyhow
     if args.print_template_if_asked()? {
         return Ok(());
     }
+    let summary = import_into_views(args.options(), config, &ingest::import::TerminalProgress::new()).await?;
+    println!("{summary}");
+    Ok(())
+}
+
+/// Imports a file into the data directory and waits until its rows are in the views.
+pub async fn import_into_views(
+    mut options: ingest::import::ImportOptions,
+    config: Config,
+    progress: &dyn ingest::import::ImportProgress,
+) -> anyhow::Result<ingest::import::ImportSummary> {
     let region = config.region()?;
     let node = Node::open(config).await.context(
         "`crm import` works on the data directory; while `crm serve` runs, POST the file to /v1/imports instead",
     )?;
-    let mut options = args.options();
     options.ledger = Some(ingest::import::ImportLedger::in_db(&node.local)?);
-    let progress = ingest::import::TerminalProgress::new();
-    let mut summary = ingest::import::run(&options, node.bus.as_ref(), &progress).await?;
 
-    // Let the domain and the projections catch up, here in this process.
+    // The domain and the projections run alongside the publishing, here in this process.
     let (stop_tx, stop_rx) = watch::channel(false);
     let service = Arc::new(CustomerService::new(node.store.clone(), node.domain_config()?));
     let worker = DomainWorker::new(node.bus.clone(), service, WorkerConfig::default());
@@ -172,13 +180,19 @@ pub async fn import(args: &ingest::import::ImportArgs, config: Config) -> anyhow
     let domain = tokio::spawn(worker.run(stop_rx.clone()));
     let projector = Arc::new(Projector::new(node.views.clone(), region));
     let follow = tokio::spawn(projections::worker::follow(node.store.clone(), projector, stop_rx));
+
+    let mut summary = ingest::import::run(&options, node.bus.as_ref(), progress).await?;
     eprintln!("resolving identities and building views…");
-    backlog.wait_for(|b| *b == 0).await?;
+    // Only a backlog reported after the last publish counts (each report is a fresh reading).
+    backlog.borrow_and_update();
     loop {
-        let last = last_position(node.store.as_ref()).await?;
-        if node.views.checkpoint()? >= last {
+        backlog.changed().await?;
+        if *backlog.borrow_and_update() == 0 {
             break;
         }
+    }
+    // Then the views: caught up when nothing in the log lies beyond their checkpoint.
+    while !node.store.read_all(node.views.checkpoint()?, 1).await?.is_empty() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = stop_tx.send(true);
@@ -189,19 +203,5 @@ pub async fn import(args: &ingest::import::ImportArgs, config: Config) -> anyhow
     let (new, matched) = crate::admin::customer_figures(node.store.as_ref(), &summary).await?;
     summary.new_customers = Some(new);
     summary.matched_customers = Some(matched);
-    println!("{summary}");
-    Ok(())
-}
-
-/// Position of the last event in the store's global log.
-async fn last_position(store: &dyn store::EventStore) -> anyhow::Result<Option<store::GlobalPosition>> {
-    let mut after = None;
-    loop {
-        let batch = store.read_all(after, 100_000).await?;
-        match batch.last() {
-            Some(e) if batch.len() == 100_000 => after = Some(e.position),
-            Some(e) => return Ok(Some(e.position)),
-            None => return Ok(after),
-        }
-    }
+    Ok(summary)
 }
