@@ -2,11 +2,12 @@
 //! is set (start one with `deploy/kafka/kafka.sh start`), plus checks that need
 //! no broker (configuration, an unreachable broker).
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use bus::BusError;
 use bus::kafka::{KafkaBus, KafkaConfig};
+use bus::{Bus, BusError, BusRecord, PartitionLag};
 
 /// The broker to test against, or `None` (with one line saying so) when there is none.
 fn bootstrap(test: &str) -> Option<String> {
@@ -56,6 +57,82 @@ async fn kafka_conformance_on_shared_topics() {
     };
     let bus = KafkaBus::connect(config).await.expect("connect to the test broker");
     bus::conformance::run_all(&bus).await;
+}
+
+/// After a rebalance moves partitions to another member, a commit of records read
+/// before it changes only the partitions the committer still owns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_after_rebalance_skips_revoked_partitions() {
+    let Some(bootstrap) = bootstrap("commit_after_rebalance_skips_revoked_partitions") else {
+        return;
+    };
+    let bus = KafkaBus::connect(test_config(&bootstrap))
+        .await
+        .expect("connect to the test broker");
+    let mut partitions = BTreeSet::new();
+    for i in 0..30 {
+        let ack = bus
+            .publish(BusRecord {
+                key: format!("subject-{i}"),
+                ..Default::default()
+            })
+            .await
+            .expect("publish");
+        partitions.insert(ack.position.partition);
+    }
+    assert_eq!(partitions.len(), 3, "30 keys should spread over the 3 partitions");
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut a = bus.consumer("rebalance").await.expect("consumer a");
+    let mut read_by_a = Vec::new();
+    while read_by_a.len() < 30 {
+        assert!(
+            Instant::now() < deadline,
+            "consumer a got {} of 30 records",
+            read_by_a.len()
+        );
+        read_by_a.extend(a.poll(100, Duration::from_millis(200)).await.expect("poll a"));
+    }
+
+    // A second member joins; both keep polling so the rebalance completes.
+    let mut b = bus.consumer("rebalance").await.expect("consumer b");
+    let (owned_a, owned_b) = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the group did not rebalance over two members in time"
+        );
+        a.poll(100, Duration::from_millis(100)).await.expect("poll a");
+        b.poll(100, Duration::from_millis(100)).await.expect("poll b");
+        let owned = |lag: Vec<PartitionLag>| lag.iter().map(|l| l.partition).collect::<BTreeSet<i32>>();
+        let (oa, ob) = (
+            owned(a.lag().await.expect("lag a")),
+            owned(b.lag().await.expect("lag b")),
+        );
+        if !oa.is_empty() && !ob.is_empty() && oa.is_disjoint(&ob) && oa.len() + ob.len() == 3 {
+            break (oa, ob);
+        }
+    };
+
+    // A commits everything it read before the rebalance, including B's partitions now.
+    let positions: Vec<_> = read_by_a.iter().map(|d| d.position).collect();
+    a.commit(&positions).await.expect("commit a");
+    let last = bus::commit_targets(&positions);
+    for l in a.lag().await.expect("lag a") {
+        assert_eq!(
+            l.committed,
+            last[&l.partition] + 1,
+            "a owns partition {} and committed it",
+            l.partition
+        );
+    }
+    for l in b.lag().await.expect("lag b") {
+        assert!(owned_b.contains(&l.partition));
+        assert_eq!(
+            l.committed, 0,
+            "partition {} belongs to b (a owns {owned_a:?}); a's commit must not have moved it",
+            l.partition
+        );
+    }
 }
 
 #[tokio::test]
