@@ -5,7 +5,7 @@
 //! cargo run --release -p bus --example kafka_throughput -- [messages] [concurrency] [payload-bytes]
 //! ```
 //! The broker is `CRM_KAFKA_BOOTSTRAP` (default 127.0.0.1:19092). Every run uses
-//! fresh topics (`crm-bench-<uuid>.`) so only its own records are counted.
+//! fresh topics (`crm-bench-<uuid>.`, deleted at the end) so only its own records are counted.
 
 use std::time::{Duration, Instant};
 
@@ -116,6 +116,10 @@ async fn main() {
         received as f64 / after_first.as_secs_f64().max(1e-9),
         after_first.as_secs_f64()
     );
+    drop(consumer);
+    if let Err(e) = bus.delete_topics().await {
+        eprintln!("could not delete the benchmark topics: {e}");
+    }
 }
 
 fn record(i: usize, payload_bytes: usize) -> BusRecord {

@@ -345,6 +345,30 @@ impl KafkaBus {
         &self.config
     }
 
+    /// Deletes this bus's two topics and everything in them. For tests and benchmarks
+    /// that use a per-run topic prefix; never called by the product.
+    pub async fn delete_topics(&self) -> Result<(), BusError> {
+        let admin: AdminClient<TracingContext> = self
+            .config
+            .base_client_config()
+            .create_with_context(TracingContext)
+            .map_err(|e| config_error(&self.config, "admin client", e))?;
+        let opts = AdminOptions::new().operation_timeout(Some(self.config.operation_timeout()));
+        let results = admin
+            .delete_topics(&[self.inbound.as_str(), self.dead_letter.as_str()], &opts)
+            .await
+            .map_err(|e| op_error(&self.config, "deleting topics", e))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((name, code)) => {
+                    return Err(BusError::Other(format!("kafka refused to delete topic {name}: {code}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// One start-up attempt: reach the broker, create missing topics, wait until they have leaders.
     async fn ensure_topics(&self, admin: &AdminClient<TracingContext>) -> Result<(), StartError> {
         let existing = self.topic_partitions().await?;

@@ -43,6 +43,7 @@ async fn kafka_conformance() {
         .await
         .expect("connect to the test broker");
     bus::conformance::run_all(&bus).await;
+    bus.delete_topics().await.expect("delete this run's topics");
 }
 
 /// The suite must also pass on topics that already hold other runs' data.
@@ -133,6 +134,8 @@ async fn commit_after_rebalance_skips_revoked_partitions() {
             l.partition
         );
     }
+    drop((a, b));
+    bus.delete_topics().await.expect("delete this run's topics");
 }
 
 #[tokio::test]
