@@ -1,4 +1,5 @@
-//! Customer events as stored: the event type is the protobuf message name.
+//! Customer events as stored (customer, reservation and review streams): the event
+//! type is the protobuf message name.
 
 use prost::Message;
 use proto::customer::*;
@@ -14,6 +15,10 @@ pub enum CustomerEvent {
     Merged(CustomersMergedV1),
     MergedInto(MergedIntoV1),
     Split(CustomerSplitV1),
+    Restored(CustomerRestoredV1),
+    ReviewRequested(MatchReviewRequestedV1),
+    ReviewDecided(MatchReviewDecidedV1),
+    MarkedShared(IdentifierMarkedSharedV1),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +43,10 @@ impl CustomerEvent {
             CustomerEvent::Merged(_) => "CustomersMergedV1",
             CustomerEvent::MergedInto(_) => "MergedIntoV1",
             CustomerEvent::Split(_) => "CustomerSplitV1",
+            CustomerEvent::Restored(_) => "CustomerRestoredV1",
+            CustomerEvent::ReviewRequested(_) => "MatchReviewRequestedV1",
+            CustomerEvent::ReviewDecided(_) => "MatchReviewDecidedV1",
+            CustomerEvent::MarkedShared(_) => "IdentifierMarkedSharedV1",
         }
     }
 
@@ -50,6 +59,10 @@ impl CustomerEvent {
             CustomerEvent::Merged(e) => e.encode_to_vec(),
             CustomerEvent::MergedInto(e) => e.encode_to_vec(),
             CustomerEvent::Split(e) => e.encode_to_vec(),
+            CustomerEvent::Restored(e) => e.encode_to_vec(),
+            CustomerEvent::ReviewRequested(e) => e.encode_to_vec(),
+            CustomerEvent::ReviewDecided(e) => e.encode_to_vec(),
+            CustomerEvent::MarkedShared(e) => e.encode_to_vec(),
         }
     }
 
@@ -66,6 +79,10 @@ impl CustomerEvent {
             "CustomersMergedV1" => CustomerEvent::Merged(Message::decode(data).map_err(m)?),
             "MergedIntoV1" => CustomerEvent::MergedInto(Message::decode(data).map_err(m)?),
             "CustomerSplitV1" => CustomerEvent::Split(Message::decode(data).map_err(m)?),
+            "CustomerRestoredV1" => CustomerEvent::Restored(Message::decode(data).map_err(m)?),
+            "MatchReviewRequestedV1" => CustomerEvent::ReviewRequested(Message::decode(data).map_err(m)?),
+            "MatchReviewDecidedV1" => CustomerEvent::ReviewDecided(Message::decode(data).map_err(m)?),
+            "IdentifierMarkedSharedV1" => CustomerEvent::MarkedShared(Message::decode(data).map_err(m)?),
             other => return Err(EventDecodeError::UnknownType(other.to_string())),
         })
     }

@@ -8,7 +8,18 @@
 //! 2. merges: `CustomersMergedV1` in the survivor, then `MergedIntoV1` in the absorbed;
 //! 3. unowned identifiers are claimed in their reservation streams (expected: no stream);
 //! 4. the customer stream gets `IdentifierAttachedV1` for the claims this event made and
-//!    `ActivityRecordedV1`.
+//!    `ActivityRecordedV1`;
+//! 5. live probabilistic matching (only for an event no identifier resolved): the new
+//!    customer's stream is complete first, then above the merge threshold it is merged
+//!    into the matching customer (`CustomersMergedV1` rule "probabilistic", then
+//!    `MergedIntoV1`, which stays the last event of the absorbed stream); in the review
+//!    band a `MatchReviewRequestedV1` goes to `review-<id>`, keyed by the pair and the
+//!    evidence fingerprint so the same evidence is never proposed twice.
+//!
+//! Guardrails: an identifier presented by more than `max_shared_identifier_customers`
+//! distinct customers gets `IdentifierMarkedSharedV1` in its reservation stream and is not
+//! matched on again; a merge that would make a cluster larger than `max_cluster_size`
+//! becomes a review task.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,6 +30,7 @@ use store::{EventStore, ExpectedRevision, GlobalPosition, StoreError};
 
 use crate::events::CustomerEvent;
 use crate::identity::{self, IdentifierError};
+use crate::matcher::{self, Candidate, MatchState, MatchingConfig};
 
 /// How many times a decision is retried after losing an optimistic-concurrency race.
 const MAX_ATTEMPTS: usize = 8;
@@ -52,12 +64,15 @@ impl DomainError {
 pub struct DomainConfig {
     /// Region for phone numbers without a country code.
     pub default_region: phonenumber::country::Id,
+    /// Live probabilistic matching and its guardrails.
+    pub matching: MatchingConfig,
 }
 
 impl Default for DomainConfig {
     fn default() -> Self {
         DomainConfig {
             default_region: phonenumber::country::Id::CN,
+            matching: MatchingConfig::default(),
         }
     }
 }
@@ -66,7 +81,8 @@ impl Default for DomainConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolution {
     pub customer_id: String,
-    /// The event created this customer.
+    /// The event created this customer (or, for a probabilistic merge, created the
+    /// customer that was then absorbed into `customer_id`).
     pub created: bool,
     /// Customers absorbed into `customer_id` because of this event.
     pub absorbed: Vec<String>,
@@ -74,6 +90,8 @@ pub struct Resolution {
     pub unusable_identifiers: Vec<String>,
     /// Customer events appended (0 for a redelivery).
     pub appended: usize,
+    /// A review task this event proposed.
+    pub review: Option<String>,
 }
 
 /// The customer id a new customer created by `inbound_event_id` gets.
@@ -81,8 +99,19 @@ pub fn new_customer_id(inbound_event_id: &str) -> String {
     proto::derived_id(&format!("customer/{inbound_event_id}")).to_string()
 }
 
-fn event_id(inbound: &str, role: &str) -> uuid::Uuid {
+pub(crate) fn event_id(inbound: &str, role: &str) -> uuid::Uuid {
     proto::derived_id(&format!("{inbound}/{role}"))
+}
+
+/// The review of a pair with given evidence: the same pair and fingerprint give the same id.
+pub fn review_id(a: &str, b: &str, fingerprint: &str) -> String {
+    let (a, b) = if a <= b { (a, b) } else { (b, a) };
+    proto::derived_id(&format!("review/{a}/{b}/{fingerprint}")).to_string()
+}
+
+/// Stream of a review task.
+pub fn review_stream(review_id: &str) -> String {
+    format!("review-{review_id}")
 }
 
 /// Who owns an identifier: the customer and the inbound event that claimed it.
@@ -92,19 +121,150 @@ struct Claim {
 }
 
 /// A live customer and where its stream began.
-struct Live {
-    id: String,
-    first: GlobalPosition,
+pub(crate) struct Live {
+    pub id: String,
+    pub first: GlobalPosition,
+}
+
+/// Follows `MergedIntoV1` links to the live customer (a customer whose stream ends
+/// with `MergedIntoV1` is merged; `CustomerRestoredV1` after it makes it live again).
+pub(crate) async fn live_customer(store: &dyn EventStore, customer: &str, via: &str) -> Result<Live, DomainError> {
+    let mut current = customer.to_string();
+    for _ in 0..64 {
+        let stream = identity::customer_stream(&current);
+        let Some(rev) = store.stream_revision(&stream).await? else {
+            return Err(DomainError::DanglingClaim {
+                stream: via.to_string(),
+                customer: current,
+            });
+        };
+        let last = store.read_stream(&stream, rev, 1).await?;
+        let next = match last.first().map(CustomerEvent::from_recorded) {
+            Some(Ok(CustomerEvent::MergedInto(m))) => Some(m.survivor_id),
+            Some(Err(source)) => return Err(DomainError::Corrupt { stream, source }),
+            _ => None,
+        };
+        match next {
+            Some(survivor) => current = survivor,
+            None => {
+                let first = store.read_stream(&stream, 0, 1).await?;
+                let first = first.first().map(|e| e.position).unwrap_or_default();
+                return Ok(Live { id: current, first });
+            }
+        }
+    }
+    Err(DomainError::Contended(format!(
+        "merge chain from {customer} is longer than 64"
+    )))
+}
+
+/// Appends a merge: `CustomersMergedV1` in the survivor, then `MergedIntoV1` in the absorbed.
+/// Event ids derive from `cause` (an inbound event id or a review id).
+pub(crate) async fn append_merge(
+    store: &dyn EventStore,
+    survivor: &str,
+    absorbed: &str,
+    evidence: MergeEvidence,
+    provenance: &Provenance,
+    cause: &str,
+) -> Result<usize, DomainError> {
+    let merged = CustomerEvent::Merged(CustomersMergedV1 {
+        survivor_id: survivor.to_string(),
+        absorbed_id: absorbed.to_string(),
+        evidence: Some(evidence),
+        provenance: Some(provenance.clone()),
+    });
+    let mut appended = store
+        .append(
+            &identity::customer_stream(survivor),
+            ExpectedRevision::StreamExists,
+            vec![merged.to_new(event_id(cause, &format!("merge/{absorbed}")))],
+        )
+        .await?
+        .appended;
+    let into = CustomerEvent::MergedInto(MergedIntoV1 {
+        customer_id: absorbed.to_string(),
+        survivor_id: survivor.to_string(),
+        provenance: Some(provenance.clone()),
+    });
+    appended += store
+        .append(
+            &identity::customer_stream(absorbed),
+            ExpectedRevision::StreamExists,
+            vec![into.to_new(event_id(cause, &format!("merged-into/{survivor}")))],
+        )
+        .await?
+        .appended;
+    metrics::counter!("domain_customers_merged_total", "rule" => merge_rule(&merged)).increment(1);
+    Ok(appended)
+}
+
+fn merge_rule(e: &CustomerEvent) -> String {
+    match e {
+        CustomerEvent::Merged(m) => m.evidence.as_ref().map(|e| e.rule.clone()).unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+/// Evidence of a probabilistic comparison.
+fn probabilistic_evidence(c: &Candidate, decided_by: String) -> MergeEvidence {
+    let x = &c.scored.explanation;
+    MergeEvidence {
+        rule: "probabilistic".into(),
+        identifiers: Vec::new(),
+        score: c.scored.probability,
+        comparisons: x
+            .fields
+            .iter()
+            .map(|f| FieldComparison {
+                field: f.field.name().to_string(),
+                level: f.level.clone(),
+                weight: f.weight,
+            })
+            .collect(),
+        decided_by,
+        match_weight: x.match_weight,
+        prior_weight: x.prior_weight,
+        review_id: String::new(),
+    }
+}
+
+/// What the live matching decided for an event that matched nobody by identifiers.
+enum Probabilistic {
+    Distinct,
+    Merge(Candidate),
+    Review(Candidate, &'static str),
+}
+
+/// Notable matching outcomes, each logged once and counted.
+mod emit {
+    pub fn identifier_marked_shared(kind: &str, customers: usize, limit: usize) {
+        tracing::info!(kind, customers, limit, "identifier marked shared; no longer matched on");
+        metrics::counter!("domain_identifiers_marked_shared_total").increment(1);
+    }
+    pub fn review_requested(reason: &str, probability: f64) {
+        tracing::debug!(reason, probability, "match review requested");
+        metrics::counter!("domain_match_reviews_requested_total", "reason" => reason.to_string()).increment(1);
+    }
+    pub fn scored(elapsed: std::time::Duration) {
+        metrics::histogram!("domain_match_scoring_seconds").record(elapsed.as_secs_f64());
+    }
 }
 
 pub struct CustomerService {
     store: Arc<dyn EventStore>,
     config: DomainConfig,
+    matching: tokio::sync::Mutex<MatchState>,
 }
 
 impl CustomerService {
     pub fn new(store: Arc<dyn EventStore>, config: DomainConfig) -> Self {
-        CustomerService { store, config }
+        let matching = tokio::sync::Mutex::new(MatchState::new(&config.matching, config.default_region));
+        CustomerService {
+            store,
+            config,
+            matching,
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
@@ -129,6 +289,21 @@ impl CustomerService {
         Err(DomainError::Contended(event.event_id().to_string()))
     }
 
+    /// Brings the matching state up to the store's tip and returns it locked.
+    pub async fn matching_state(&self) -> Result<tokio::sync::MutexGuard<'_, MatchState>, DomainError> {
+        let mut state = self.matching.lock().await;
+        loop {
+            let events = self.store.read_all(state.position(), 10_000).await?;
+            if events.is_empty() {
+                break;
+            }
+            for e in &events {
+                state.apply(e);
+            }
+        }
+        Ok(state)
+    }
+
     async fn claim_of(&self, stream: &str) -> Result<Option<Claim>, DomainError> {
         let events = self.store.read_stream(stream, 0, 1).await?;
         let Some(first) = events.first() else { return Ok(None) };
@@ -145,35 +320,41 @@ impl CustomerService {
         }
     }
 
-    /// Follows `MergedIntoV1` links to the live customer.
-    async fn live_customer(&self, customer: &str, via: &str) -> Result<Live, DomainError> {
-        let mut current = customer.to_string();
-        for _ in 0..64 {
-            let stream = identity::customer_stream(&current);
-            let Some(rev) = self.store.stream_revision(&stream).await? else {
-                return Err(DomainError::DanglingClaim {
-                    stream: via.to_string(),
-                    customer: current,
-                });
-            };
-            let last = self.store.read_stream(&stream, rev, 1).await?;
-            let next = match last.first().map(CustomerEvent::from_recorded) {
-                Some(Ok(CustomerEvent::MergedInto(m))) => Some(m.survivor_id),
-                Some(Err(source)) => return Err(DomainError::Corrupt { stream, source }),
-                _ => None,
-            };
-            match next {
-                Some(survivor) => current = survivor,
-                None => {
-                    let first = self.store.read_stream(&stream, 0, 1).await?;
-                    let first = first.first().map(|e| e.position).unwrap_or_default();
-                    return Ok(Live { id: current, first });
-                }
-            }
+    /// Proposes a review of `customer` against `candidate` unless this pair with this
+    /// evidence was proposed before (pending, approved or rejected).
+    async fn propose_review(
+        &self,
+        customer: &str,
+        candidate: &str,
+        evidence: MergeEvidence,
+        fingerprint: String,
+        reason: &'static str,
+        provenance: &Provenance,
+    ) -> Result<(Option<String>, usize), DomainError> {
+        let id = review_id(customer, candidate, &fingerprint);
+        let stream = review_stream(&id);
+        if self.store.stream_revision(&stream).await?.is_some() {
+            return Ok((None, 0));
         }
-        Err(DomainError::Contended(format!(
-            "merge chain from {customer} is longer than 64"
-        )))
+        emit::review_requested(reason, evidence.score);
+        let request = CustomerEvent::ReviewRequested(MatchReviewRequestedV1 {
+            review_id: id.clone(),
+            customer_id: customer.to_string(),
+            candidate_id: candidate.to_string(),
+            evidence: Some(evidence),
+            fingerprint,
+            reason: reason.to_string(),
+            provenance: Some(provenance.clone()),
+        });
+        let out = self
+            .store
+            .append(
+                &stream,
+                ExpectedRevision::Any,
+                vec![request.to_new(event_id(&format!("review/{id}"), "requested"))],
+            )
+            .await?;
+        Ok((Some(id), out.appended))
     }
 
     async fn try_handle(&self, event: &InboundEvent) -> Result<Resolution, DomainError> {
@@ -187,15 +368,13 @@ impl CustomerService {
             occurred_at_us: header.occurred_at_us,
             recorded_at_us: header.recorded_at_us,
         };
+        let matching = self.config.matching.clone();
+        let subject = event.observation().and_then(|o| o.subject.as_ref());
 
         // Normalise; unusable identifiers are reported, never matched on.
         let mut identifiers: BTreeMap<String, Identifier> = BTreeMap::new();
         let mut unusable = Vec::new();
-        let raws = event
-            .observation()
-            .and_then(|o| o.subject.as_ref())
-            .map(|s| s.identifiers.as_slice())
-            .unwrap_or_default();
+        let raws = subject.map(|s| s.identifiers.as_slice()).unwrap_or_default();
         for raw in raws {
             match identity::normalise(raw, self.config.default_region) {
                 Ok(id) => {
@@ -206,29 +385,109 @@ impl CustomerService {
                 }
             }
         }
+        if matching.enabled && !identifiers.is_empty() {
+            let state = self.matching_state().await?;
+            identifiers.retain(|key, id| {
+                let shared = state.is_shared(key);
+                if shared {
+                    unusable.push(format!("{}={:?}: shared by several customers", id.kind, id.raw));
+                }
+                !shared
+            });
+        }
 
         // Who owns what.
         let mut claims: BTreeMap<String, Option<Claim>> = BTreeMap::new();
-        let mut live: Vec<Live> = Vec::new();
         for (key, id) in &identifiers {
-            let stream = identity::reservation_stream(id);
-            let claim = self.claim_of(&stream).await?;
-            if let Some(c) = &claim {
-                let l = self.live_customer(&c.customer, &stream).await?;
+            claims.insert(key.clone(), self.claim_of(&identity::reservation_stream(id)).await?);
+        }
+        let mut appended = 0;
+
+        // Guardrail: an owned identifier presented with the identifiers of too many
+        // different customers is marked shared and not matched on from now on.
+        if matching.enabled {
+            let state = self.matching_state().await?;
+            let mut newly_shared = Vec::new();
+            for key in claims.iter().filter(|(_, c)| c.is_some()).map(|(k, _)| k) {
+                let others: Vec<&str> = identifiers.keys().filter(|k| *k != key).map(String::as_str).collect();
+                if let Some(n) = state.customers_with(key, &others)
+                    && n > state.shared_limit()
+                {
+                    newly_shared.push((key.clone(), n, state.shared_limit()));
+                }
+            }
+            drop(state);
+            for (key, customers, limit) in newly_shared {
+                let Some(id) = identifiers.remove(&key) else { continue };
+                claims.remove(&key);
+                emit::identifier_marked_shared(&id.kind, customers, limit);
+                let marked = CustomerEvent::MarkedShared(IdentifierMarkedSharedV1 {
+                    identifier: Some(id.clone()),
+                    customers: customers as u32,
+                    limit: limit as u32,
+                    provenance: Some(provenance.clone()),
+                });
+                appended += self
+                    .store
+                    .append(
+                        &identity::reservation_stream(&id),
+                        ExpectedRevision::StreamExists,
+                        vec![marked.to_new(event_id(&inbound_id, &format!("shared/{key}")))],
+                    )
+                    .await?
+                    .appended;
+                unusable.push(format!("{}={:?}: shared by several customers", id.kind, id.raw));
+            }
+        }
+
+        // A redelivery of an event that created a customer: it stays that customer's event
+        // (even if that customer has been merged since), and only unfinished steps append.
+        let new_id = new_customer_id(&inbound_id);
+        let redelivered_new = self
+            .store
+            .stream_revision(&identity::customer_stream(&new_id))
+            .await?
+            .is_some();
+        let mut live: Vec<Live> = Vec::new();
+        for (key, claim) in claims.iter().filter(|_| !redelivered_new) {
+            if let Some(c) = claim {
+                let via = identity::reservation_stream(&identifiers[key]);
+                let l = live_customer(self.store.as_ref(), &c.customer, &via).await?;
                 if !live.iter().any(|x| x.id == l.id) {
                     live.push(l);
                 }
             }
-            claims.insert(key.clone(), claim);
         }
         live.sort_by_key(|l| l.first);
 
-        let mut appended = 0;
+        // Nobody owns these identifiers: score the event against known customers.
+        let record = {
+            let ids: Vec<&Identifier> = identifiers.values().collect();
+            matcher::record_of(subject, &ids)
+        };
+        let mut probabilistic = Probabilistic::Distinct;
+        if live.is_empty() && matching.enabled {
+            let state = self.matching_state().await?;
+            let started = std::time::Instant::now();
+            let best = state.best_candidate(&record, &new_id);
+            emit::scored(started.elapsed());
+            if let Some(c) = best {
+                probabilistic = if !c.is_merge() {
+                    Probabilistic::Review(c, "review_band")
+                } else if state.cluster_size(&c.customer_id) + 1 > matching.max_cluster_size {
+                    Probabilistic::Review(c, "cluster_size")
+                } else {
+                    Probabilistic::Merge(c)
+                };
+            }
+        }
+
         let mut created = false;
+        let mut review = None;
         let customer_id = match live.first() {
             Some(l) => l.id.clone(),
             None => {
-                let id = new_customer_id(&inbound_id);
+                let id = new_id.clone();
                 let registered = CustomerEvent::Registered(CustomerRegisteredV1 {
                     customer_id: id.clone(),
                     provenance: Some(provenance.clone()),
@@ -247,50 +506,58 @@ impl CustomerService {
             }
         };
 
-        // Several live customers share this event's identifiers: merge into the oldest.
+        // Several live customers share this event's identifiers: merge into the oldest,
+        // unless the cluster would grow past its limit (then a person decides).
         let mut absorbed = Vec::new();
+        let mut cluster = if live.len() > 1 && matching.enabled {
+            self.matching_state().await?.cluster_size(&customer_id)
+        } else {
+            1
+        };
         for other in live.iter().skip(1) {
             let shared: Vec<Identifier> = identifiers
                 .iter()
                 .filter(|(k, _)| claims.get(*k).and_then(|c| c.as_ref()).is_some())
                 .map(|(_, id)| id.clone())
                 .collect();
-            let merged = CustomerEvent::Merged(CustomersMergedV1 {
-                survivor_id: customer_id.clone(),
-                absorbed_id: other.id.clone(),
-                evidence: Some(MergeEvidence {
-                    rule: "shared_identifier".into(),
-                    identifiers: shared,
-                    score: 1.0,
-                    comparisons: Vec::new(),
-                    decided_by: format!("inbound event {inbound_id} carried identifiers of both"),
-                }),
-                provenance: Some(provenance.clone()),
-            });
-            let out = self
-                .store
-                .append(
-                    &identity::customer_stream(&customer_id),
-                    ExpectedRevision::StreamExists,
-                    vec![merged.to_new(event_id(&inbound_id, &format!("merge/{}", other.id)))],
-                )
-                .await?;
-            appended += out.appended;
-            let into = CustomerEvent::MergedInto(MergedIntoV1 {
-                customer_id: other.id.clone(),
-                survivor_id: customer_id.clone(),
-                provenance: Some(provenance.clone()),
-            });
-            let out = self
-                .store
-                .append(
-                    &identity::customer_stream(&other.id),
-                    ExpectedRevision::StreamExists,
-                    vec![into.to_new(event_id(&inbound_id, &format!("merged-into/{customer_id}")))],
-                )
-                .await?;
-            appended += out.appended;
-            metrics::counter!("domain_customers_merged_total").increment(1);
+            let evidence = MergeEvidence {
+                rule: "shared_identifier".into(),
+                identifiers: shared,
+                score: 1.0,
+                decided_by: format!("inbound event {inbound_id} carried identifiers of both"),
+                ..Default::default()
+            };
+            if matching.enabled {
+                let theirs = self.matching_state().await?.cluster_size(&other.id);
+                if cluster + theirs > matching.max_cluster_size {
+                    let mut keys: Vec<String> = evidence.identifiers.iter().map(identity::key).collect();
+                    keys.sort();
+                    let fingerprint = format!("shared:{}", keys.join(","));
+                    let (id, n) = self
+                        .propose_review(
+                            &other.id,
+                            &customer_id,
+                            evidence,
+                            fingerprint,
+                            "cluster_size",
+                            &provenance,
+                        )
+                        .await?;
+                    appended += n;
+                    review = review.or(id);
+                    continue;
+                }
+                cluster += theirs;
+            }
+            appended += append_merge(
+                self.store.as_ref(),
+                &customer_id,
+                &other.id,
+                evidence,
+                &provenance,
+                &inbound_id,
+            )
+            .await?;
             absorbed.push(other.id.clone());
         }
 
@@ -345,12 +612,86 @@ impl CustomerService {
             .await?;
         appended += out.appended;
 
+        // The new customer's own stream is complete (so a split can give it all back);
+        // now the probabilistic decision.
+        let mut resolved = customer_id.clone();
+        match probabilistic {
+            Probabilistic::Distinct => {}
+            Probabilistic::Merge(c) => {
+                let t = matching.merge_threshold;
+                let decided_by = format!("live matching: p={:.4} ≥ merge threshold {t}", c.scored.probability);
+                let evidence = probabilistic_evidence(&c, decided_by);
+                appended += append_merge(
+                    self.store.as_ref(),
+                    &c.customer_id,
+                    &customer_id,
+                    evidence,
+                    &provenance,
+                    &inbound_id,
+                )
+                .await?;
+                resolved = c.customer_id.clone();
+                absorbed.push(customer_id.clone());
+            }
+            Probabilistic::Review(c, reason) => {
+                let decided_by = format!(
+                    "live matching: p={:.4} ({reason}); a reviewer decides",
+                    c.scored.probability
+                );
+                let fingerprint = c.fingerprint();
+                let evidence = probabilistic_evidence(&c, decided_by);
+                let (id, n) = self
+                    .propose_review(&customer_id, &c.customer_id, evidence, fingerprint, reason, &provenance)
+                    .await?;
+                appended += n;
+                review = review.or(id);
+            }
+        }
+
+        // An existing customer's profile changed: does it now resemble another customer?
+        // Two established customers are only ever merged by a person.
+        let has_profile = subject.is_some_and(|s| {
+            [&s.name, &s.address, &s.birth_date, &s.region]
+                .iter()
+                .any(|v| !v.trim().is_empty())
+        });
+        if !live.is_empty() && matching.enabled && has_profile {
+            let state = self.matching_state().await?;
+            let own = state.record(&customer_id).cloned().unwrap_or_default();
+            let query = matcher::overlay(&own, &record);
+            let started = std::time::Instant::now();
+            let best = state.best_candidate(&query, &customer_id);
+            emit::scored(started.elapsed());
+            drop(state);
+            if let Some(c) = best {
+                let decided_by = format!(
+                    "live matching: p={:.4} between existing customers; a reviewer decides",
+                    c.scored.probability
+                );
+                let fingerprint = c.fingerprint();
+                let evidence = probabilistic_evidence(&c, decided_by);
+                let (id, n) = self
+                    .propose_review(
+                        &customer_id,
+                        &c.customer_id,
+                        evidence,
+                        fingerprint,
+                        "existing_customers",
+                        &provenance,
+                    )
+                    .await?;
+                appended += n;
+                review = review.or(id);
+            }
+        }
+
         Ok(Resolution {
-            customer_id,
+            customer_id: resolved,
             created,
             absorbed,
             unusable_identifiers: unusable,
             appended,
+            review,
         })
     }
 }

@@ -1,6 +1,8 @@
 //! given/when/then for business rules: `given(inbound events).when(inbound event)
 //! .then_expect(expect![[...]])` renders the customer events the `when` appended,
-//! with customer ids shown as C1, C2, ... in order of appearance.
+//! with customer ids shown as C1, C2, ... in order of appearance. Steps may also be
+//! reviewer commands (`Step::Approve(n)`, `Step::Reject(n)` on the n-th review task,
+//! `Step::Split("C1", "C2")`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,15 +13,91 @@ use proto::inbound::*;
 use store::EventStore;
 use store::embedded::SledStore;
 
+use crate::commands::IdentityCommands;
 use crate::events::CustomerEvent;
 use crate::service::{CustomerService, DomainConfig};
 
+/// One thing that happens: an inbound event or a person's decision.
+pub enum Step {
+    Inbound(InboundEvent),
+    /// Approve the n-th review task (1-based, in log order).
+    Approve(usize),
+    /// Reject the n-th review task.
+    Reject(usize),
+    /// Split the second customer (alias) from the first.
+    Split(&'static str, &'static str),
+}
+
+impl From<InboundEvent> for Step {
+    fn from(e: InboundEvent) -> Self {
+        Step::Inbound(e)
+    }
+}
+
 pub struct Scenario {
-    given: Vec<InboundEvent>,
+    given: Vec<Step>,
+    config: DomainConfig,
 }
 
 pub fn given(events: Vec<InboundEvent>) -> Scenario {
-    Scenario { given: events }
+    given_steps(events.into_iter().map(Step::from).collect())
+}
+
+pub fn given_steps(steps: Vec<Step>) -> Scenario {
+    Scenario {
+        given: steps,
+        config: DomainConfig::default(),
+    }
+}
+
+/// A person as a form sends them: name, address, birth date and identifiers.
+pub fn person(event_id: &str, name: &str, address: &str, birth_date: &str, identifiers: &[&str]) -> InboundEvent {
+    let mut e = form(event_id, identifiers);
+    if let InboundEvent::FormSubmitted(f) = &mut e
+        && let Some(s) = f.observation.as_mut().and_then(|o| o.subject.as_mut())
+    {
+        s.name = name.into();
+        s.address = address.into();
+        s.birth_date = birth_date.into();
+    }
+    e
+}
+
+async fn run_step(store: &Arc<dyn EventStore>, service: &CustomerService, step: &Step) {
+    let commands = IdentityCommands::new(store.clone());
+    let all = store.read_all(None, usize::MAX).await.unwrap();
+    match step {
+        Step::Inbound(e) => {
+            service.handle(e).await.unwrap();
+        }
+        Step::Approve(n) | Step::Reject(n) => {
+            let reviews: Vec<String> = all
+                .iter()
+                .filter(|e| e.event_type == "MatchReviewRequestedV1")
+                .map(|e| e.stream.trim_start_matches("review-").to_string())
+                .collect();
+            let id = &reviews[n - 1];
+            if matches!(step, Step::Approve(_)) {
+                commands.approve(id, "alice").await.unwrap();
+            } else {
+                commands.reject(id, "alice").await.unwrap();
+            }
+        }
+        Step::Split(survivor, absorbed) => {
+            let mut ids: Vec<String> = Vec::new();
+            for e in all.iter().filter(|e| e.stream.starts_with("customer-")) {
+                let id = e.stream.trim_start_matches("customer-").to_string();
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+            let by_alias = |a: &str| ids[a.trim_start_matches('C').parse::<usize>().unwrap() - 1].clone();
+            commands
+                .split(&by_alias(survivor), &by_alias(absorbed), "not the same person", "alice")
+                .await
+                .unwrap();
+        }
+    }
 }
 
 /// A web-form style inbound event with the given id and identifiers (kind=value[@scope]).
@@ -56,28 +134,42 @@ pub fn form(event_id: &str, identifiers: &[&str]) -> InboundEvent {
 }
 
 impl Scenario {
+    /// Overrides the matching settings.
+    pub fn with_matching(mut self, matching: crate::matcher::MatchingConfig) -> Self {
+        self.config.matching = matching;
+        self
+    }
+
     pub fn when(self, event: InboundEvent) -> Outcome {
         self.when_all(vec![event])
     }
 
+    pub fn when_step(self, step: Step) -> Outcome {
+        self.when_steps(vec![step])
+    }
+
     pub fn when_all(self, events: Vec<InboundEvent>) -> Outcome {
+        self.when_steps(events.into_iter().map(Step::from).collect())
+    }
+
+    pub fn when_steps(self, events: Vec<Step>) -> Outcome {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(async move {
             let store: Arc<dyn EventStore> = Arc::new(SledStore::temporary().unwrap());
-            let service = CustomerService::new(store.clone(), DomainConfig::default());
-            for e in &self.given {
-                service.handle(e).await.unwrap();
+            let service = CustomerService::new(store.clone(), self.config.clone());
+            for step in &self.given {
+                run_step(&store, &service, step).await;
             }
             let before = store.read_all(None, usize::MAX).await.unwrap();
             let mut aliases = HashMap::new();
             for e in before.iter().filter(|e| e.stream.starts_with("customer-")) {
                 alias_of(&mut aliases, &e.stream);
             }
-            for e in &events {
-                service.handle(e).await.unwrap();
+            for step in &events {
+                run_step(&store, &service, step).await;
             }
             let after = store
                 .read_all(before.last().map(|e| e.position), usize::MAX)
@@ -88,6 +180,8 @@ impl Scenario {
                 let ev = CustomerEvent::from_recorded(&e).unwrap();
                 let stream = if e.stream.starts_with("customer-") {
                     alias_of(&mut aliases, &e.stream)
+                } else if e.stream.starts_with("review-") {
+                    "review".to_string()
                 } else {
                     "identity".to_string()
                 };
@@ -132,12 +226,36 @@ fn render(ev: &CustomerEvent, aliases: &mut HashMap<String, String>) -> String {
             format!(" {} by {}", id(&c.identifier), alias_of(aliases, &c.customer_id))
         }
         CustomerEvent::IdentifierAttached(a) => format!(" {}", id(&a.identifier)),
-        CustomerEvent::Merged(m) => format!(
-            " absorbed {} ({})",
-            alias_of(aliases, &m.absorbed_id),
-            m.evidence.as_ref().map(|e| e.rule.as_str()).unwrap_or_default()
-        ),
+        CustomerEvent::Merged(m) => {
+            let e = m.evidence.clone().unwrap_or_default();
+            let score = if e.rule == "shared_identifier" {
+                String::new()
+            } else {
+                format!(
+                    " p={:.2} by {}",
+                    e.score,
+                    e.decided_by.split(':').next().unwrap_or_default()
+                )
+            };
+            format!(" absorbed {} ({}{score})", alias_of(aliases, &m.absorbed_id), e.rule)
+        }
         CustomerEvent::MergedInto(m) => format!(" survivor {}", alias_of(aliases, &m.survivor_id)),
+        CustomerEvent::MarkedShared(m) => format!(" {} ({} customers > {})", id(&m.identifier), m.customers, m.limit),
+        CustomerEvent::ReviewRequested(r) => format!(
+            " {} ~ {} ({}, p={:.2})",
+            alias_of(aliases, &r.customer_id),
+            alias_of(aliases, &r.candidate_id),
+            r.reason,
+            r.evidence.as_ref().map(|e| e.score).unwrap_or_default()
+        ),
+        CustomerEvent::ReviewDecided(d) => format!(" {} by {}", d.decision, d.reviewer),
+        CustomerEvent::Split(s) => format!(
+            " restored {} with {} identifiers ({})",
+            alias_of(aliases, &s.restored_id),
+            s.identifiers.len(),
+            s.reason
+        ),
+        CustomerEvent::Restored(r) => format!(" survivor was {}", alias_of(aliases, &r.survivor_id)),
         _ => String::new(),
     }
 }
@@ -238,5 +356,217 @@ mod rules {
                 C2: CustomerRegisteredV1
                 C2: ActivityRecordedV1
             "#]]);
+    }
+}
+
+mod matching_rules {
+    use expect_test::expect;
+
+    use super::*;
+    use crate::matcher::MatchingConfig;
+
+    const ADDRESS: &str = "上海市浦东新区世纪大道100号";
+
+    fn zhang(event_id: &str, identifiers: &[&str]) -> InboundEvent {
+        person(event_id, "张伟", ADDRESS, "1985-03-12", identifiers)
+    }
+
+    #[test]
+    fn a_new_customer_that_scores_above_the_merge_threshold_is_merged_with_its_evidence() {
+        given(vec![zhang("e1", &["phone=13800138000"])])
+            .when(zhang("e2", &["email=zw@example.com"]))
+            .then_expect(expect![[r#"
+                C2: CustomerRegisteredV1
+                identity: IdentifierClaimedV1 email:zw@example.com by C2
+                C2: IdentifierAttachedV1 email:zw@example.com
+                C2: ActivityRecordedV1
+                C1: CustomersMergedV1 absorbed C2 (probabilistic p=1.00 by live matching)
+                C2: MergedIntoV1 survivor C1
+            "#]]);
+    }
+
+    #[test]
+    fn a_new_customer_in_the_review_band_is_created_with_a_review_task() {
+        given(vec![zhang("e1", &["phone=13800138000"])])
+            .when(person("e2", "张伟", ADDRESS, "", &["email=zw@example.com"]))
+            .then_expect(expect![[r#"
+                C2: CustomerRegisteredV1
+                identity: IdentifierClaimedV1 email:zw@example.com by C2
+                C2: IdentifierAttachedV1 email:zw@example.com
+                C2: ActivityRecordedV1
+                review: MatchReviewRequestedV1 C2 ~ C1 (review_band, p=0.57)
+            "#]]);
+    }
+
+    #[test]
+    fn a_mistyped_phone_with_the_same_name_is_the_same_person() {
+        given(vec![zhang("e1", &["phone=13800138000"])])
+            .when(person("e2", "张伟", "", "", &["phone=13800138001"]))
+            .then_expect(expect![[r#"
+                C2: CustomerRegisteredV1
+                identity: IdentifierClaimedV1 phone:+8613800138001 by C2
+                C2: IdentifierAttachedV1 phone:+8613800138001
+                C2: ActivityRecordedV1
+                C1: CustomersMergedV1 absorbed C2 (probabilistic p=0.94 by live matching)
+                C2: MergedIntoV1 survivor C1
+            "#]]);
+    }
+
+    #[test]
+    fn a_dissimilar_new_customer_stays_distinct() {
+        given(vec![zhang("e1", &["phone=13800138000"])])
+            .when(person(
+                "e2",
+                "李娜",
+                "北京市朝阳区建国路8号",
+                "1990-01-01",
+                &["email=ln@example.com"],
+            ))
+            .then_expect(expect![[r#"
+                C2: CustomerRegisteredV1
+                identity: IdentifierClaimedV1 email:ln@example.com by C2
+                C2: IdentifierAttachedV1 email:ln@example.com
+                C2: ActivityRecordedV1
+            "#]]);
+    }
+
+    #[test]
+    fn an_approved_review_merges_with_the_reviewer_as_rule() {
+        given_steps(vec![
+            zhang("e1", &["phone=13800138000"]).into(),
+            person("e2", "张伟", ADDRESS, "", &["email=zw@example.com"]).into(),
+        ])
+        .when_step(Step::Approve(1))
+        .then_expect(expect![[r#"
+            review: MatchReviewDecidedV1 approve by alice
+            C1: CustomersMergedV1 absorbed C2 (reviewer p=0.57 by alice)
+            C2: MergedIntoV1 survivor C1
+        "#]]);
+    }
+
+    #[test]
+    fn a_rejected_pair_is_not_proposed_again_for_the_same_evidence() {
+        given_steps(vec![
+            zhang("e1", &["phone=13800138000"]).into(),
+            person("e2", "张伟", ADDRESS, "", &["email=zw@example.com"]).into(),
+            Step::Reject(1),
+        ])
+        .when(person("e3", "张伟", ADDRESS, "", &["email=zw@example.com"]))
+        .then_expect(expect![[r#"
+            C2: ActivityRecordedV1
+        "#]]);
+    }
+
+    #[test]
+    fn new_evidence_after_a_rejection_is_proposed_again() {
+        given_steps(vec![
+            zhang("e1", &["phone=13800138000"]).into(),
+            person("e2", "张伟", ADDRESS, "", &["email=zw@example.com"]).into(),
+            Step::Reject(1),
+        ])
+        .when(person("e3", "张伟", ADDRESS, "1985-03-12", &["email=zw@example.com"]))
+        .then_expect(expect![[r#"
+            C2: ActivityRecordedV1
+            review: MatchReviewRequestedV1 C2 ~ C1 (existing_customers, p=0.99)
+        "#]]);
+    }
+
+    #[test]
+    fn an_identifier_presented_by_too_many_customers_is_marked_shared_and_not_matched_on() {
+        given(vec![
+            form("e1", &["phone=13800138000", "email=a@shop.com"]),
+            form("e2", &["phone=13800138000", "email=b@shop.com"]),
+        ])
+        .with_matching(MatchingConfig {
+            max_shared_identifier_customers: 2,
+            ..Default::default()
+        })
+        .when_all(vec![
+            form("e3", &["phone=13800138000", "email=c@shop.com"]),
+            form("e4", &["phone=13800138000"]),
+        ])
+        .then_expect(expect![[r#"
+            identity: IdentifierMarkedSharedV1 phone:+8613800138000 (3 customers > 2)
+            C2: CustomerRegisteredV1
+            identity: IdentifierClaimedV1 email:c@shop.com by C2
+            C2: IdentifierAttachedV1 email:c@shop.com
+            C2: ActivityRecordedV1
+            C3: CustomerRegisteredV1
+            C3: ActivityRecordedV1
+        "#]]);
+    }
+
+    #[test]
+    fn a_merge_that_would_grow_a_cluster_past_its_limit_goes_to_review() {
+        given(vec![
+            form("e1", &["phone=13800138000"]),
+            form("e2", &["email=zw@example.com"]),
+            form("e3", &["phone=13800138000", "email=zw@example.com"]),
+            form("e4", &["wechat_openid=oX@wx1"]),
+        ])
+        .with_matching(MatchingConfig {
+            max_cluster_size: 2,
+            ..Default::default()
+        })
+        .when(form("e5", &["email=zw@example.com", "wechat_openid=oX@wx1"]))
+        .then_expect(expect![[r#"
+            review: MatchReviewRequestedV1 C3 ~ C1 (cluster_size, p=1.00)
+            C1: ActivityRecordedV1
+        "#]]);
+    }
+
+    #[test]
+    fn a_split_gives_the_absorbed_customer_its_identifiers_back_and_it_can_merge_again() {
+        given(vec![
+            form("e1", &["phone=13800138000"]),
+            form("e2", &["email=zw@example.com"]),
+            form("e3", &["phone=13800138000", "email=zw@example.com"]),
+        ])
+        .when_steps(vec![
+            Step::Split("C1", "C2"),
+            form("e4", &["email=zw@example.com"]).into(),
+            form("e5", &["phone=13800138000", "email=zw@example.com"]).into(),
+        ])
+        .then_expect(expect![[r#"
+            C1: CustomerSplitV1 restored C2 with 1 identifiers (not the same person)
+            C2: CustomerRestoredV1 survivor was C1
+            C2: ActivityRecordedV1
+            C1: CustomersMergedV1 absorbed C2 (shared_identifier)
+            C2: MergedIntoV1 survivor C1
+            C1: ActivityRecordedV1
+        "#]]);
+    }
+
+    #[test]
+    fn a_split_of_a_probabilistic_merge_restores_the_new_customer() {
+        given(vec![
+            zhang("e1", &["phone=13800138000"]),
+            zhang("e2", &["email=zw@example.com"]),
+        ])
+        .when_steps(vec![
+            Step::Split("C1", "C2"),
+            form("e3", &["email=zw@example.com"]).into(),
+        ])
+        .then_expect(expect![[r#"
+            C1: CustomerSplitV1 restored C2 with 1 identifiers (not the same person)
+            C2: CustomerRestoredV1 survivor was C1
+            C2: ActivityRecordedV1
+        "#]]);
+    }
+
+    #[test]
+    fn redelivered_probabilistic_decisions_append_nothing() {
+        given(vec![
+            zhang("e1", &["phone=13800138000"]),
+            zhang("e2", &["email=zw@example.com"]),
+            person("e3", "张伟", ADDRESS, "", &["email=w@example.com"]),
+        ])
+        .when_all(vec![
+            zhang("e2", &["email=zw@example.com"]),
+            person("e3", "张伟", ADDRESS, "", &["email=w@example.com"]),
+        ])
+        .then_expect(expect![[r#"
+            (nothing appended)
+        "#]]);
     }
 }

@@ -8,7 +8,16 @@
 //! Keys of the one `views` tree:
 //! `v/<customer>` view JSON · `a/<absorbed>` survivor id · `i/<kind:scope:value>` customer ·
 //! `c/<channel>/<customer>` channel index · `t/<customer>/<at_us BE><event_id>` timeline entry ·
-//! `m/checkpoint` last applied position.
+//! `m/checkpoint` last applied position ·
+//! `o/<customer>` the customer's *own* view (only its own stream's events; kept once it
+//! has taken part in a merge) · `w/<customer>/<at_us BE><event_id>` its own timeline entries ·
+//! `h/<customer>/<position BE>` merge and split history · `r/<review>` match review ·
+//! `q/<status>/<position BE><review>` review queue index · `s/<kind:scope:value>` shared identifier.
+//!
+//! Splits: a merged view is the fold of its members' own views, so a split rebuilds both
+//! sides from `o/` keys (in merge order) and moves the restored members' timeline entries
+//! back. The restored customer's view equals the one it would have had if never merged;
+//! every step reads only what earlier events wrote, so views stay a function of the log.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -46,6 +55,43 @@ fn ident_key(kind: &str, scope: &str, normalized: &str) -> Vec<u8> {
 fn channel_key(channel: &str, id: &str) -> Vec<u8> {
     format!("c/{channel}/{id}").into_bytes()
 }
+fn own_key(id: &str) -> Vec<u8> {
+    format!("o/{id}").into_bytes()
+}
+fn own_timeline_prefix(id: &str) -> Vec<u8> {
+    format!("w/{id}/").into_bytes()
+}
+fn history_prefix(id: &str) -> Vec<u8> {
+    format!("h/{id}/").into_bytes()
+}
+fn history_key(id: &str, p: GlobalPosition) -> Vec<u8> {
+    let mut k = history_prefix(id);
+    k.extend_from_slice(&encode_position(p));
+    k
+}
+fn review_key(id: &str) -> Vec<u8> {
+    format!("r/{id}").into_bytes()
+}
+fn review_index_prefix(status: &str) -> Vec<u8> {
+    format!("q/{status}/").into_bytes()
+}
+fn review_index_key(status: &str, position: u64, id: &str) -> Vec<u8> {
+    let mut k = review_index_prefix(status);
+    k.extend_from_slice(&position.to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+fn shared_key(kind: &str, scope: &str, normalized: &str) -> Vec<u8> {
+    format!("s/{kind}:{scope}:{normalized}").into_bytes()
+}
+
+fn to_json<T: serde::Serialize>(key: &str, value: &T) -> Result<Vec<u8>, ProjectionError> {
+    serde_json::to_vec(value).map_err(|source| ProjectionError::BadView {
+        key: key.to_string(),
+        source,
+    })
+}
+
 fn timeline_prefix(id: &str) -> Vec<u8> {
     format!("t/{id}/").into_bytes()
 }
@@ -174,6 +220,81 @@ impl ViewStore {
         Ok(out)
     }
 
+    fn json<T: serde::de::DeserializeOwned>(&self, key: &[u8], v: &[u8]) -> Result<T, ProjectionError> {
+        serde_json::from_slice(v).map_err(|source| ProjectionError::BadView {
+            key: String::from_utf8_lossy(key).into_owned(),
+            source,
+        })
+    }
+
+    /// Merges and splits that involved any of `ids`, oldest first (each once).
+    pub fn merge_history(&self, ids: &[String]) -> Result<Vec<MergeHistoryEntry>, ProjectionError> {
+        let mut out: BTreeMap<u64, MergeHistoryEntry> = BTreeMap::new();
+        for id in ids {
+            for item in self.tree.scan_prefix(history_prefix(id)) {
+                let (k, v) = item?;
+                let entry: MergeHistoryEntry = self.json(&k, &v)?;
+                out.entry(entry.position).or_insert(entry);
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    /// One match review.
+    pub fn review(&self, id: &str) -> Result<Option<MatchReviewEntry>, ProjectionError> {
+        let key = review_key(id);
+        match self.tree.get(&key)? {
+            Some(v) => Ok(Some(self.json(&key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Reviews with a status (pending, approved, rejected), oldest request first, strictly
+    /// after the review `after`.
+    pub fn reviews(
+        &self,
+        status: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MatchReviewEntry>, ProjectionError> {
+        let prefix = review_index_prefix(status);
+        let start = match after.map(|a| self.review(a)).transpose()?.flatten() {
+            Some(r) => {
+                let mut k = review_index_key(status, r.position, &r.id);
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for item in self.tree.range(start..) {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            let id = String::from_utf8_lossy(&k[prefix.len() + 8..]).into_owned();
+            if let Some(r) = self.review(&id)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of reviews with a status.
+    pub fn review_count(&self, status: &str) -> usize {
+        self.tree.scan_prefix(review_index_prefix(status)).count()
+    }
+
+    /// Identifiers marked shared.
+    pub fn shared_identifiers(&self, limit: usize) -> Result<Vec<SharedIdentifierEntry>, ProjectionError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(b"s/").take(limit) {
+            let (k, v) = item?;
+            out.push(self.json(&k, &v)?);
+        }
+        Ok(out)
+    }
+
     /// Every key and value, for comparing a rebuilt store with the live one.
     pub fn digest(&self) -> Result<(usize, u64), ProjectionError> {
         let mut hasher = crc32fast::Hasher::new();
@@ -223,6 +344,8 @@ fn decode_position(v: &[u8]) -> Option<GlobalPosition> {
 struct Overlay<'a> {
     store: &'a ViewStore,
     views: HashMap<String, Option<CustomerView>>,
+    /// Own views (`o/`), same read-through rule.
+    owns: HashMap<String, Option<CustomerView>>,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
@@ -251,6 +374,36 @@ impl<'a> Overlay<'a> {
             self.views.insert(id.to_string(), v);
         }
         Ok(self.views.get_mut(id).and_then(|v| v.as_mut()))
+    }
+
+    fn own(&mut self, id: &str) -> Result<Option<&mut CustomerView>, ProjectionError> {
+        if !self.owns.contains_key(id) {
+            let v = match self.store.tree.get(own_key(id))? {
+                Some(v) => Some(self.store.json(&own_key(id), &v)?),
+                None => None,
+            };
+            self.owns.insert(id.to_string(), v);
+        }
+        Ok(self.owns.get_mut(id).and_then(|v| v.as_mut()))
+    }
+
+    /// From its first merge on, a customer keeps its own view and own timeline index;
+    /// before that its live view is its own.
+    fn keep_own(&mut self, id: &str) -> Result<(), ProjectionError> {
+        if self.own(id)?.is_some() {
+            return Ok(());
+        }
+        let Some(view) = self.view(id)?.cloned() else {
+            return Ok(());
+        };
+        self.owns.insert(id.to_string(), Some(view));
+        let prefix = timeline_prefix(id);
+        for (k, _) in self.scan(&prefix)? {
+            let mut own = own_timeline_prefix(id);
+            own.extend_from_slice(&k[prefix.len()..]);
+            self.put(own, Vec::new());
+        }
+        Ok(())
     }
 
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
@@ -291,6 +444,12 @@ impl<'a> Overlay<'a> {
                 None => batch.remove(view_key(&id)),
             }
         }
+        for (id, view) in self.owns {
+            match view {
+                Some(v) => batch.insert(own_key(&id), to_json(&id, &v)?),
+                None => batch.remove(own_key(&id)),
+            }
+        }
         for (k, v) in self.writes {
             match v {
                 Some(v) => batch.insert(k, v),
@@ -325,6 +484,7 @@ impl Projector {
         let mut overlay = Overlay {
             store: &self.views,
             views: HashMap::new(),
+            owns: HashMap::new(),
             writes: BTreeMap::new(),
         };
         let mut last = None;
@@ -334,7 +494,10 @@ impl Projector {
                 continue;
             }
             last = Some(e.position);
-            if !e.stream.starts_with("customer-") {
+            if !["customer-", "review-", "identity-"]
+                .iter()
+                .any(|p| e.stream.starts_with(p))
+            {
                 continue;
             }
             match CustomerEvent::from_recorded(e) {
@@ -384,6 +547,9 @@ impl Projector {
                 let id = o.resolve(&a.customer_id)?;
                 if let Some(ident) = &a.identifier {
                     let source = Source::from_provenance(a.provenance.as_ref());
+                    if let Some(own) = o.own(&a.customer_id)? {
+                        add_identifier(own, ident, source.clone());
+                    }
                     if let Some(view) = o.view(&id)? {
                         add_identifier(view, ident, source);
                     }
@@ -394,6 +560,12 @@ impl Projector {
                 let id = o.resolve(&a.customer_id)?;
                 let region = self.region;
                 let source = Source::from_provenance(a.provenance.as_ref());
+                if let Some(own) = o.own(&a.customer_id)? {
+                    let entry = record_activity(own, a, &source, region);
+                    let mut k = own_timeline_prefix(&a.customer_id);
+                    k.extend_from_slice(&timeline_key("", entry.at_us, &entry.event_id)[3..]);
+                    o.put(k, Vec::new());
+                }
                 let Some(view) = o.view(&id)? else { return Ok(()) };
                 let entry = record_activity(view, a, &source, region);
                 let channel = source.channel.clone();
@@ -412,9 +584,36 @@ impl Projector {
                 if survivor == absorbed {
                     return Ok(());
                 }
+                if o.view(&absorbed)?.is_none() {
+                    return Ok(());
+                }
+                o.keep_own(&survivor)?;
+                o.keep_own(&absorbed)?;
                 let Some(gone) = o.view(&absorbed)?.cloned() else {
                     return Ok(());
                 };
+                let e = m.evidence.clone().unwrap_or_default();
+                let entry = MergeHistoryEntry {
+                    kind: "merge".into(),
+                    at_us: at_of(m.provenance.as_ref(), recorded),
+                    position: recorded.position.commit,
+                    survivor_id: m.survivor_id.clone(),
+                    absorbed_id: m.absorbed_id.clone(),
+                    rule: e.rule,
+                    score: e.score,
+                    match_weight: e.match_weight,
+                    prior_weight: e.prior_weight,
+                    comparisons: FieldComparisonEntry::from_proto(&e.comparisons),
+                    identifiers: e
+                        .identifiers
+                        .iter()
+                        .map(|i| format!("{}:{}", i.kind, i.normalized))
+                        .collect(),
+                    decided_by: e.decided_by,
+                    reason: String::new(),
+                    review_id: e.review_id,
+                };
+                o.history(&entry, recorded.position)?;
                 o.views.insert(absorbed.clone(), None);
                 o.put(alias_key(&absorbed), survivor.clone().into_bytes());
                 for ident in &gone.identifiers {
@@ -438,10 +637,200 @@ impl Projector {
                     merge_views(view, gone);
                 }
             }
-            CustomerEvent::MergedInto(_) | CustomerEvent::IdentifierClaimed(_) | CustomerEvent::Split(_) => {}
+            CustomerEvent::Split(split) => split_views(o, split, recorded)?,
+            CustomerEvent::ReviewRequested(r) => {
+                let e = r.evidence.clone().unwrap_or_default();
+                let entry = MatchReviewEntry {
+                    id: r.review_id.clone(),
+                    status: "pending".into(),
+                    customer_id: r.customer_id.clone(),
+                    candidate_id: r.candidate_id.clone(),
+                    reason: r.reason.clone(),
+                    rule: e.rule,
+                    score: e.score,
+                    match_weight: e.match_weight,
+                    prior_weight: e.prior_weight,
+                    comparisons: FieldComparisonEntry::from_proto(&e.comparisons),
+                    fingerprint: r.fingerprint.clone(),
+                    requested_at_us: at_of(r.provenance.as_ref(), recorded),
+                    position: recorded.position.commit,
+                    reviewer: String::new(),
+                    decided_at_us: 0,
+                };
+                if o.get(&review_key(&r.review_id))?.is_none() {
+                    o.put(review_key(&r.review_id), to_json(&r.review_id, &entry)?);
+                    o.put(review_index_key("pending", entry.position, &entry.id), Vec::new());
+                }
+            }
+            CustomerEvent::ReviewDecided(d) => {
+                let Some(v) = o.get(&review_key(&d.review_id))? else {
+                    return Ok(());
+                };
+                let mut entry: MatchReviewEntry = self.views.json(&review_key(&d.review_id), &v)?;
+                if entry.status != "pending" {
+                    return Ok(());
+                }
+                o.remove(review_index_key("pending", entry.position, &entry.id));
+                entry.status = if d.decision == "approve" {
+                    "approved"
+                } else {
+                    "rejected"
+                }
+                .into();
+                entry.reviewer = d.reviewer.clone();
+                entry.decided_at_us = d.decided_at_us;
+                o.put(review_index_key(&entry.status, entry.position, &entry.id), Vec::new());
+                o.put(review_key(&d.review_id), to_json(&d.review_id, &entry)?);
+            }
+            CustomerEvent::MarkedShared(m) => {
+                if let Some(i) = &m.identifier {
+                    let entry = SharedIdentifierEntry {
+                        kind: i.kind.clone(),
+                        normalized: i.normalized.clone(),
+                        scope: i.scope.clone(),
+                        customers: m.customers,
+                        limit: m.limit,
+                        at_us: at_of(m.provenance.as_ref(), recorded),
+                    };
+                    o.put(
+                        shared_key(&i.kind, &i.scope, &i.normalized),
+                        to_json(&i.normalized, &entry)?,
+                    );
+                }
+            }
+            CustomerEvent::MergedInto(_) | CustomerEvent::IdentifierClaimed(_) | CustomerEvent::Restored(_) => {}
         }
         Ok(())
     }
+}
+
+fn at_of(p: Option<&proto::customer::Provenance>, recorded: &RecordedEvent) -> i64 {
+    p.map(|p| p.occurred_at_us)
+        .filter(|&t| t != 0)
+        .unwrap_or(recorded.recorded_at_us)
+}
+
+impl Overlay<'_> {
+    /// Records a history entry under both customers it names.
+    fn history(&mut self, entry: &MergeHistoryEntry, position: GlobalPosition) -> Result<(), ProjectionError> {
+        let json = to_json(&entry.survivor_id, entry)?;
+        self.put(history_key(&entry.survivor_id, position), json.clone());
+        self.put(history_key(&entry.absorbed_id, position), json);
+        Ok(())
+    }
+
+    /// The direct survivor `id` was merged into, if merged.
+    fn parent(&self, id: &str) -> Result<Option<String>, ProjectionError> {
+        Ok(self
+            .get(&alias_key(id))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// `own(first)` with every own view of `members` merged in, in that order.
+    fn fold(&mut self, first: &str, members: &[String]) -> Result<CustomerView, ProjectionError> {
+        let mut acc = self.own(first)?.cloned().unwrap_or_else(|| CustomerView {
+            id: first.to_string(),
+            ..Default::default()
+        });
+        acc.merged_from.clear();
+        for m in members {
+            if let Some(mut v) = self.own(m)?.cloned() {
+                v.merged_from.clear();
+                merge_views(&mut acc, v);
+            }
+        }
+        Ok(acc)
+    }
+}
+
+/// Undoes a merge in the views: both sides are rebuilt from their members' own views.
+fn split_views(
+    o: &mut Overlay<'_>,
+    split: &proto::customer::CustomerSplitV1,
+    recorded: &RecordedEvent,
+) -> Result<(), ProjectionError> {
+    let restored = split.restored_id.clone();
+    let entry = MergeHistoryEntry {
+        kind: "split".into(),
+        at_us: at_of(split.provenance.as_ref(), recorded),
+        position: recorded.position.commit,
+        survivor_id: split.survivor_id.clone(),
+        absorbed_id: restored.clone(),
+        identifiers: split
+            .identifiers
+            .iter()
+            .map(|i| format!("{}:{}", i.kind, i.normalized))
+            .collect(),
+        decided_by: split.decided_by.clone(),
+        reason: split.reason.clone(),
+        ..Default::default()
+    };
+    o.history(&entry, recorded.position)?;
+    if o.parent(&restored)?.as_deref() != Some(split.survivor_id.as_str()) {
+        return Ok(());
+    }
+    let root = o.resolve(&split.survivor_id)?;
+    let Some(old) = o.view(&root)?.cloned() else {
+        return Ok(());
+    };
+    // Which descendants go with the restored customer: those merged into it, directly or not.
+    let mut theirs = Vec::new();
+    let mut ours = Vec::new();
+    for d in &old.merged_from {
+        if *d == restored {
+            continue;
+        }
+        let mut current = d.clone();
+        let mut goes = false;
+        for _ in 0..64 {
+            match o.parent(&current)? {
+                Some(p) if p == restored => {
+                    goes = true;
+                    break;
+                }
+                Some(p) if p == root => break,
+                Some(p) => current = p,
+                None => break,
+            }
+        }
+        if goes {
+            theirs.push(d.clone())
+        } else {
+            ours.push(d.clone())
+        }
+    }
+    o.remove(alias_key(&restored));
+    let survivor_view = o.fold(&root, &ours)?;
+    let restored_view = o.fold(&restored, &theirs)?;
+    for ch in &old.channels {
+        o.remove(channel_key(&ch.channel, &root));
+    }
+    for (id, view) in [(&root, &survivor_view), (&restored, &restored_view)] {
+        for ch in &view.channels {
+            o.put(channel_key(&ch.channel, id), Vec::new());
+        }
+        for i in &view.identifiers {
+            o.put(ident_key(&i.kind, &i.scope, &i.normalized), id.clone().into_bytes());
+        }
+    }
+    let from = timeline_prefix(&root);
+    for member in std::iter::once(&restored).chain(theirs.iter()) {
+        let own = own_timeline_prefix(member);
+        for (k, _) in o.scan(&own)? {
+            let suffix = &k[own.len()..];
+            let mut old_key = from.clone();
+            old_key.extend_from_slice(suffix);
+            if let Some(v) = o.get(&old_key)? {
+                let mut new_key = timeline_prefix(&restored);
+                new_key.extend_from_slice(suffix);
+                o.remove(old_key);
+                o.put(new_key, v);
+            }
+        }
+    }
+    o.views.insert(root, Some(survivor_view));
+    o.views.insert(restored, Some(restored_view));
+    Ok(())
 }
 
 fn add_identifier(view: &mut CustomerView, ident: &Identifier, source: Source) {

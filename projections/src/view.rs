@@ -135,3 +135,86 @@ pub struct TimelineEntry {
     pub order_total_cents: i64,
     pub details: BTreeMap<String, String>,
 }
+
+/// One field's comparison in a merge's evidence.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct FieldComparisonEntry {
+    pub field: String,
+    pub level: String,
+    /// log2 Bayes factor contributed.
+    pub weight: f64,
+}
+
+impl FieldComparisonEntry {
+    pub fn from_proto(c: &[proto::customer::FieldComparison]) -> Vec<Self> {
+        c.iter()
+            .map(|c| FieldComparisonEntry {
+                field: c.field.clone(),
+                level: c.level.clone(),
+                weight: c.weight,
+            })
+            .collect()
+    }
+}
+
+/// A merge or a split, as `mergeHistory` shows it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct MergeHistoryEntry {
+    /// "merge" or "split".
+    pub kind: String,
+    pub at_us: i64,
+    /// Global position of the event (orders the history).
+    pub position: u64,
+    pub survivor_id: String,
+    /// The absorbed customer (merge) or the restored one (split).
+    pub absorbed_id: String,
+    /// shared_identifier, probabilistic or reviewer (empty for a split).
+    pub rule: String,
+    pub score: f64,
+    pub match_weight: f64,
+    pub prior_weight: f64,
+    pub comparisons: Vec<FieldComparisonEntry>,
+    /// `kind:value` of the identifiers the evidence names.
+    pub identifiers: Vec<String>,
+    /// The rule's description, or the reviewer / person who decided.
+    pub decided_by: String,
+    /// Why (a split's reason).
+    pub reason: String,
+    pub review_id: String,
+}
+
+/// A match review task and its decision.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct MatchReviewEntry {
+    pub id: String,
+    /// pending, approved or rejected.
+    pub status: String,
+    /// The customer the event created or updated.
+    pub customer_id: String,
+    /// The existing customer it resembles.
+    pub candidate_id: String,
+    /// review_band, cluster_size or existing_customers.
+    pub reason: String,
+    pub rule: String,
+    pub score: f64,
+    pub match_weight: f64,
+    pub prior_weight: f64,
+    pub comparisons: Vec<FieldComparisonEntry>,
+    pub fingerprint: String,
+    pub requested_at_us: i64,
+    /// Global position of the request (orders the queue).
+    pub position: u64,
+    pub reviewer: String,
+    pub decided_at_us: i64,
+}
+
+/// An identifier marked shared (no longer matched on).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SharedIdentifierEntry {
+    pub kind: String,
+    pub normalized: String,
+    pub scope: String,
+    pub customers: u32,
+    pub limit: u32,
+    pub at_us: i64,
+}

@@ -11,27 +11,34 @@ use axum::routing::get;
 use projections::{CustomerView, TimelineEntry, ViewStore};
 
 pub mod admin;
+pub mod identity;
 
 pub type CrmSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
 
 /// Every query: customers and the admin views (quarantine, imports).
 #[derive(MergedObject, Default)]
-pub struct QueryRoot(CustomerQuery, admin::AdminQuery);
+pub struct QueryRoot(CustomerQuery, admin::AdminQuery, identity::IdentityQuery);
 
 /// Every mutation.
 #[derive(MergedObject, Default)]
-pub struct MutationRoot(admin::AdminMutation);
+pub struct MutationRoot(admin::AdminMutation, identity::IdentityMutation);
 
 /// Settings the API needs to read input the way the domain does.
 #[derive(Clone)]
 pub struct ApiContext {
     pub views: ViewStore,
     pub default_region: phonenumber::country::Id,
+    /// Identity decisions (approve, reject, split); `None` answers them with an error.
+    pub identity: Option<std::sync::Arc<domain::IdentityCommands>>,
 }
 
 /// The schema; admin ports are optional (a role without them answers a clear error).
 pub fn schema(ctx: ApiContext, admin: admin::AdminPorts) -> CrmSchema {
+    let identity = ctx.identity.clone();
     let mut builder = Schema::build(QueryRoot::default(), MutationRoot::default(), EmptySubscription).data(ctx);
+    if let Some(commands) = identity {
+        builder = builder.data(commands);
+    }
     if let Some(q) = admin.quarantine {
         builder = builder.data(q);
     }
@@ -261,6 +268,15 @@ impl Customer {
     /// Ids of customers merged into this one.
     async fn merged_from(&self) -> &[String] {
         &self.0.merged_from
+    }
+    /// Every merge and split of this customer and the customers merged into it, oldest
+    /// first: when, survivor, absorbed, rule, score, each field's level and weight, who decided.
+    async fn merge_history(&self, ctx: &Context<'_>) -> Result<Vec<identity::MergeRecord>> {
+        let api = ctx.data::<ApiContext>()?;
+        let ids: Vec<String> = std::iter::once(self.0.id.clone())
+            .chain(self.0.merged_from.iter().cloned())
+            .collect();
+        Ok(api.views.merge_history(&ids)?.into_iter().map(Into::into).collect())
     }
     /// Interactions, newest first, paginated with Relay cursors.
     async fn timeline(
