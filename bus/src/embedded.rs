@@ -108,6 +108,8 @@ impl Log {
             file.set_len(valid_len).map_err(io_err(&path))?;
             file.sync_all().map_err(io_err(&path))?;
         }
+        // The writer appends after the last valid record.
+        (&file).seek(SeekFrom::Start(valid_len)).map_err(io_err(&path))?;
         let (end_tx, _) = watch::channel(index.len() as i64);
         let (tx, rx) = mpsc::unbounded_channel();
         let log = Arc::new(Log {

@@ -166,6 +166,15 @@ async fn forms_merge_into_one_customer_survive_kill9_and_replay_equal() {
     }
     let zw = server.graphql(&q).await;
     assert_eq!(zw["customerByIdentifier"]["timeline"]["totalCount"], 3);
+    // The restarted bus appends after what it already holds.
+    assert_eq!(server.post_form("after", FORM, "email=after@example.com").await.0, 202);
+    server
+        .eventually("{ customers(first: 1) { totalCount } }", |d| {
+            d["customers"]["totalCount"] == 303
+        })
+        .await;
+    let first = server.graphql(&customer_query("email", "crash0@example.com")).await;
+    assert_eq!(first["customerByIdentifier"]["timeline"]["totalCount"], 1);
 
     // Graceful stop, then a replay from position zero equals the live views.
     let mut server = server;
