@@ -71,3 +71,15 @@ pub fn build(
     let _ = env;
     Ok(out)
 }
+
+/// The proptest budget of every channel parser's "never panics" tests: 256 cases (each test
+/// well under a second) and at most 10 s of shrinking when one fails, so CI time is bounded
+/// whether they pass or not.
+#[cfg(test)]
+pub(crate) fn proptest_config() -> proptest::prelude::ProptestConfig {
+    proptest::prelude::ProptestConfig {
+        cases: 256,
+        max_shrink_time: 10_000,
+        ..proptest::prelude::ProptestConfig::default()
+    }
+}

@@ -659,7 +659,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        #![proptest_config(crate::channels::proptest_config())]
         #[test]
         fn arbitrary_signed_bodies_never_panic(
             body in proptest::collection::vec(any::<u8>(), 0..512),

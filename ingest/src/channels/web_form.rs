@@ -728,7 +728,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..proptest::prelude::ProptestConfig::default() })]
+        #![proptest_config(crate::channels::proptest_config())]
         #[test]
         fn arbitrary_requests_never_panic(
             body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
