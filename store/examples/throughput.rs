@@ -1,8 +1,8 @@
 //! Throughput of the embedded store: appends/s (one event per append, like the domain),
-//! with 1 and with 64 appends in flight, each followed by one `sync()` that is counted;
+//! with 1, 8, 16 and 64 appends in flight, each followed by one `sync()` that is counted;
 //! then `read_all` events/s in batches of 1000 (like `crm replay`). Prints numbers; not a test.
 //!
-//! `cargo run -p store --release --example throughput -- [events per phase] [dir]`
+//! `[IN_FLIGHT=1,8,16,64] cargo run -p store --release --example throughput -- [events per phase] [dir]`
 
 use std::time::Instant;
 
@@ -34,7 +34,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = SledStore::open(&dir)?;
     let payload = vec![0x5Au8; 300]; // about the size of an encoded channel event
 
-    for in_flight in [1usize, 64] {
+    // `IN_FLIGHT=16,64` runs only those phases.
+    let phases: Vec<usize> = match std::env::var("IN_FLIGHT") {
+        Ok(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
+        Err(_) => vec![1, 8, 16, 64],
+    };
+    for in_flight in phases {
         let started = Instant::now();
         let results: Vec<_> = futures::stream::iter(0..per_phase)
             .map(|i| {

@@ -199,3 +199,28 @@ async fn a_live_subscriber_sees_concurrent_appends_in_order_without_gaps() {
         w.await.expect("writer");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_appended_concurrently_is_stored_once() {
+    // Concurrent appends usually land in one writer group: the idempotency check must see
+    // ids staged earlier in the same group, not only those already in sled.
+    let store = SledStore::temporary().expect("temporary store");
+    for round in 0..20u32 {
+        let stream = unique_stream("dup");
+        let e = event(round);
+        let appends: Vec<_> = (0..8)
+            .map(|_| {
+                let (store, stream, e) = (store.clone(), stream.clone(), e.clone());
+                tokio::spawn(async move { store.append(&stream, ExpectedRevision::Any, vec![e]).await })
+            })
+            .collect();
+        let mut appended = 0;
+        for a in appends {
+            let out = a.await.expect("task").expect("append");
+            assert_eq!(out.last_revision, 0);
+            appended += out.appended;
+        }
+        assert_eq!(appended, 1, "the event was written {appended} times");
+        assert_eq!(store.read_stream(&stream, 0, 10).await.expect("read").len(), 1);
+    }
+}
