@@ -19,7 +19,7 @@ use crate::service::{CustomerService, DomainConfig};
 
 /// One thing that happens: an inbound event or a person's decision.
 pub enum Step {
-    Inbound(InboundEvent),
+    Inbound(Box<InboundEvent>),
     /// Approve the n-th review task (1-based, in log order).
     Approve(usize),
     /// Reject the n-th review task.
@@ -30,7 +30,7 @@ pub enum Step {
 
 impl From<InboundEvent> for Step {
     fn from(e: InboundEvent) -> Self {
-        Step::Inbound(e)
+        Step::Inbound(Box::new(e))
     }
 }
 

@@ -185,8 +185,8 @@ impl DomainWorker {
     }
 }
 
-/// Splits a batch into lanes: events sharing an identifier (transitively) share a lane,
-/// kept in bus order; different lanes touch different reservation streams.
+/// Splits a batch into lanes: events sharing an identifier or a name (transitively) share a
+/// lane, kept in bus order; different lanes touch different reservation streams.
 fn independent_lanes(events: &[(&Delivery, InboundEvent)], region: phonenumber::country::Id) -> Vec<Vec<usize>> {
     let mut parent: Vec<usize> = (0..events.len()).collect();
     fn find(parent: &mut [usize], mut i: usize) -> usize {
@@ -203,11 +203,21 @@ fn independent_lanes(events: &[(&Delivery, InboundEvent)], region: phonenumber::
             .and_then(|o| o.subject.as_ref())
             .map(|s| s.identifiers.as_slice())
             .unwrap_or_default();
-        for raw in raws {
-            let Ok(id) = crate::identity::normalise(raw, region) else {
-                continue;
-            };
-            match owner.entry(crate::identity::key(&id)) {
+        // Probabilistic matching compares names: two arrivals of one person with
+        // different identifiers must be decided in order, not concurrently.
+        let name = event
+            .observation()
+            .and_then(|o| o.subject.as_ref())
+            .map(|s| proto::normalize::nfkc(&s.name).to_lowercase())
+            .filter(|n| !n.is_empty())
+            .map(|n| format!("name:{n}"));
+        let keys = raws
+            .iter()
+            .filter_map(|raw| crate::identity::normalise(raw, region).ok())
+            .map(|id| crate::identity::key(&id))
+            .chain(name);
+        for key in keys {
+            match owner.entry(key) {
                 std::collections::hash_map::Entry::Occupied(o) => {
                     let (a, b) = (find(&mut parent, *o.get()), find(&mut parent, i));
                     if a != b {

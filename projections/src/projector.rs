@@ -340,6 +340,9 @@ fn decode_position(v: &[u8]) -> Option<GlobalPosition> {
     })
 }
 
+/// Keys and values, in key order.
+type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Pending changes of one batch: typed views plus raw key writes, read through to the tree.
 struct Overlay<'a> {
     store: &'a ViewStore,
@@ -415,7 +418,7 @@ impl<'a> Overlay<'a> {
     }
 
     /// Keys under a prefix, as the tree plus this batch's writes see them.
-    fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProjectionError> {
+    fn scan(&self, prefix: &[u8]) -> Result<KeyValues, ProjectionError> {
         let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for item in self.store.tree.scan_prefix(prefix) {
             let (k, v) = item?;
@@ -1067,4 +1070,194 @@ fn merge_views(survivor: &mut CustomerView, gone: CustomerView) {
     survivor.timeline_count += gone.timeline_count;
     survivor.merged_from.push(gone.id);
     survivor.merged_from.extend(gone.merged_from);
+}
+
+#[cfg(test)]
+mod tests {
+    //! Given inbound events and identity decisions, then the views: a split view equals the
+    //! view the customer would have had if it had never been merged.
+
+    use std::sync::Arc;
+
+    use domain::{CustomerService, DomainConfig, IdentityCommands};
+    use proto::InboundEvent;
+    use proto::inbound::*;
+    use store::EventStore;
+    use store::embedded::SledStore;
+
+    use super::*;
+
+    fn form(event_id: &str, at: i64, name: &str, identifiers: &[(&str, &str)]) -> InboundEvent {
+        InboundEvent::FormSubmitted(FormSubmittedV1 {
+            header: Some(InboundHeader {
+                event_id: event_id.into(),
+                channel: "web-form".into(),
+                channel_instance: format!("form-{event_id}"),
+                occurred_at_us: at,
+                ..Default::default()
+            }),
+            form_id: "contact".into(),
+            fields: Default::default(),
+            observation: Some(Observation {
+                subject: Some(SubjectData {
+                    identifiers: identifiers
+                        .iter()
+                        .map(|(k, v)| RawIdentifier {
+                            kind: (*k).into(),
+                            value: (*v).into(),
+                            scope: String::new(),
+                        })
+                        .collect(),
+                    name: name.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        })
+    }
+
+    struct World {
+        store: Arc<dyn EventStore>,
+        service: CustomerService,
+        projector: Projector,
+        _db: sled::Db,
+    }
+
+    fn world() -> World {
+        let store: Arc<dyn EventStore> = Arc::new(SledStore::temporary().unwrap());
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let projector = Projector::new(ViewStore::open(&db).unwrap(), phonenumber::country::Id::CN);
+        World {
+            service: CustomerService::new(store.clone(), DomainConfig::default()),
+            store,
+            projector,
+            _db: db,
+        }
+    }
+
+    impl World {
+        async fn handle(&self, events: &[InboundEvent]) {
+            for e in events {
+                self.service.handle(e).await.unwrap();
+            }
+        }
+        /// Projects everything new, `batch` events at a time.
+        async fn project(&self, batch: usize) {
+            let after = self.projector.views().checkpoint().unwrap();
+            let events = self.store.read_all(after, usize::MAX).await.unwrap();
+            for chunk in events.chunks(batch) {
+                self.projector.apply(chunk).unwrap();
+            }
+        }
+        fn view(&self, id: &str) -> CustomerView {
+            self.projector.views().get_view(id).unwrap().unwrap()
+        }
+        fn timeline(&self, id: &str) -> Vec<String> {
+            let t = self.projector.views().timeline(id, 0, 100).unwrap();
+            t.into_iter().map(|e| e.event_id).collect()
+        }
+    }
+
+    fn id(inbound: &str) -> String {
+        domain::service::new_customer_id(inbound)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_split_restores_the_view_the_absorbed_customer_would_have_had() {
+        let e1 = form("e1", 1, "张伟", &[("phone", "13800138000")]);
+        let e2 = form("e2", 2, "王芳", &[("email", "fang@example.com")]);
+        let e3 = form("e3", 3, "", &[("phone", "13800138000"), ("email", "fang@example.com")]);
+        let e4 = form("e4", 4, "张伟", &[("phone", "13800138000")]);
+
+        let never_merged = world();
+        never_merged.handle(std::slice::from_ref(&e2)).await;
+        never_merged.project(1000).await;
+
+        let w = world();
+        w.handle(&[e1, e2, e3, e4]).await;
+        w.project(2).await;
+        let (c1, c2) = (id("e1"), id("e2"));
+        assert_eq!(w.projector.views().resolve(&c2).unwrap(), c1);
+        assert_eq!(w.timeline(&c1).len(), 4);
+
+        IdentityCommands::new(w.store.clone())
+            .split(&c1, &c2, "two people behind one phone", "alice")
+            .await
+            .unwrap();
+        w.project(1).await;
+
+        assert_eq!(w.view(&c2), never_merged.view(&c2));
+        assert_eq!(w.timeline(&c2), vec!["e2".to_string()]);
+        assert_eq!(w.timeline(&c1), vec!["e4", "e3", "e1"]);
+        assert_eq!(w.projector.views().resolve(&c2).unwrap(), c2);
+        let by_email = w
+            .projector
+            .views()
+            .by_identifier("email", "", "fang@example.com")
+            .unwrap();
+        assert_eq!(by_email.map(|v| v.id), Some(c2.clone()));
+        let survivor = w.view(&c1);
+        assert!(survivor.merged_from.is_empty());
+        assert_eq!(survivor.identifiers.len(), 1);
+        assert_eq!(survivor.fields["name"].value, "张伟");
+        let history = w.projector.views().merge_history(std::slice::from_ref(&c1)).unwrap();
+        let kinds: Vec<(&str, &str)> = history.iter().map(|h| (h.kind.as_str(), h.rule.as_str())).collect();
+        assert_eq!(kinds, vec![("merge", "shared_identifier"), ("split", "")]);
+        assert_eq!(history[1].decided_by, "alice");
+
+        // The same log projected in one batch gives the same views (views are a function of the log).
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let replayed = Projector::new(ViewStore::open(&db).unwrap(), phonenumber::country::Id::CN);
+        replayed
+            .apply(&w.store.read_all(None, usize::MAX).await.unwrap())
+            .unwrap();
+        assert_eq!(
+            replayed.views().digest().unwrap(),
+            w.projector.views().digest().unwrap()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn reviews_move_from_pending_to_their_decision() {
+        let w = world();
+        let address = "上海市浦东新区世纪大道100号";
+        let mut e1 = form("e1", 1, "张伟", &[("phone", "13800138000")]);
+        let mut e2 = form("e2", 2, "张伟", &[("email", "zw@example.com")]);
+        for e in [&mut e1, &mut e2] {
+            if let InboundEvent::FormSubmitted(f) = e {
+                f.observation.as_mut().unwrap().subject.as_mut().unwrap().address = address.into();
+            }
+        }
+        w.handle(&[e1, e2]).await;
+        w.project(1000).await;
+        let pending = w.projector.views().reviews("pending", None, 10).unwrap();
+        assert_eq!(pending.len(), 1);
+        let review = &pending[0];
+        assert_eq!(
+            (review.customer_id.as_str(), review.candidate_id.as_str()),
+            (id("e2").as_str(), id("e1").as_str())
+        );
+        assert!(
+            review
+                .comparisons
+                .iter()
+                .any(|c| c.field == "full_name" && c.level == "exact")
+        );
+
+        IdentityCommands::new(w.store.clone())
+            .approve(&review.id, "bob")
+            .await
+            .unwrap();
+        w.project(1000).await;
+        assert!(w.projector.views().reviews("pending", None, 10).unwrap().is_empty());
+        assert_eq!(
+            w.projector.views().reviews("approved", None, 10).unwrap()[0].reviewer,
+            "bob"
+        );
+        let merged = w.view(&id("e1"));
+        assert_eq!(merged.merged_from, vec![id("e2")]);
+        let history = w.projector.views().merge_history(&[id("e1")]).unwrap();
+        assert_eq!(history[0].rule, "reviewer");
+        assert_eq!(history[0].decided_by, "bob");
+    }
 }

@@ -3,4 +3,5 @@
 mod channels;
 mod deploy;
 mod harness;
+mod identity;
 mod spine;
