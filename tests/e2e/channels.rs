@@ -337,6 +337,11 @@ async fn four_channels_one_customer_quarantine_and_replay() {
     let c = &person["customerByIdentifier"];
     let id = c["id"].as_str().unwrap().to_string();
     assert_eq!(customer_count(&server).await, 1, "one person, one customer: {c}");
+    assert_eq!(
+        c["mergedFrom"].as_array().map(Vec::len),
+        Some(2),
+        "the WeChat, Shopify and Youzan customers were merged: {c}"
+    );
     for q in [&by_openid, &by_email] {
         assert_eq!(server.graphql(q).await["customerByIdentifier"]["id"], id.as_str());
     }
