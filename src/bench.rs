@@ -52,6 +52,10 @@ pub struct IngestBench {
     /// Seconds of the latency phase.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Bus of the server started here: embedded, or kafka (bus.kafka from the config; a fresh
+    /// topic prefix per run).
+    #[arg(long, value_enum, default_value = "embedded")]
+    bus: crate::config::BusKind,
 }
 
 pub async fn run(cmd: &BenchCommand, config: Config) -> anyhow::Result<()> {
@@ -99,12 +103,13 @@ struct LocalServer {
     _dir: tempfile::TempDir,
 }
 
-async fn start_local(mut config: Config) -> anyhow::Result<LocalServer> {
+async fn start_local(mut config: Config, bus: crate::config::BusKind) -> anyhow::Result<LocalServer> {
     let dir = tempfile::tempdir()?;
     config.data_dir = dir.path().to_path_buf();
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     config.http.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    config.bus.kind = crate::config::BusKind::Embedded;
+    config.bus.kind = bus;
+    config.bus.kafka.topic_prefix = format!("crm-bench-{:x}.", rand::random::<u32>());
     config.store.kind = crate::config::StoreKind::Embedded;
     let metrics = crate::telemetry::init_metrics()?;
     let node = crate::node::Node::open(config).await?;
@@ -191,7 +196,11 @@ async fn visible(client: &reqwest::Client, url: &str, emails: &[String]) -> anyh
 async fn ingest(b: &IngestBench, config: Config) -> anyhow::Result<()> {
     let local = match &b.url {
         Some(_) => None,
-        None => Some(start_local(config).await.context("cannot start the benchmark server")?),
+        None => Some(
+            start_local(config, b.bus)
+                .await
+                .context("cannot start the benchmark server")?,
+        ),
     };
     let url = b
         .url
@@ -202,7 +211,7 @@ async fn ingest(b: &IngestBench, config: Config) -> anyhow::Result<()> {
         .pool_max_idle_per_host(b.concurrency.max(16))
         .build()?;
     let run_id = format!("{:x}", rand::random::<u32>());
-    println!("bench ingest against {url} (run {run_id})");
+    println!("bench ingest against {url} (run {run_id}, {:?} bus)", b.bus);
 
     // Phase 1: throughput.
     let next = Arc::new(AtomicU64::new(0));

@@ -71,6 +71,9 @@ struct Inner {
     /// Last committed sequence, bumped by the writer after each group so live subscribers
     /// wake up without polling.
     tip: watch::Receiver<u64>,
+    /// Highest sequence known to be on disk: the tip as it was when the last `sync()` began
+    /// (or at open). Readers in other processes are served only up to here.
+    durable: std::sync::atomic::AtomicU64,
     /// Requests to the writer thread; `None` only while dropping.
     requests: Option<mpsc::Sender<AppendRequest>>,
     writer: Option<JoinHandle<()>>,
@@ -167,6 +170,7 @@ impl SledStore {
                 path,
                 trees,
                 tip,
+                durable: std::sync::atomic::AtomicU64::new(last),
                 requests: Some(requests),
                 writer: Some(writer),
             }),
@@ -469,8 +473,18 @@ impl EventStore for SledStore {
     }
 
     async fn sync(&self) -> Result<(), StoreError> {
+        let tip = *self.inner.tip.borrow();
         self.inner.db.flush_async().await.map_err(io("flush (fsync) the log"))?;
+        self.inner.durable.fetch_max(tip, std::sync::atomic::Ordering::AcqRel);
         Ok(())
+    }
+
+    fn durable_position(&self) -> Option<GlobalPosition> {
+        let seq = self.inner.durable.load(std::sync::atomic::Ordering::Acquire);
+        Some(GlobalPosition {
+            commit: seq,
+            prepare: seq,
+        })
     }
 
     fn kind(&self) -> &'static str {

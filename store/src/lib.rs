@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 pub mod conformance;
 pub mod embedded;
-pub mod remote;
 pub mod kurrent;
+pub mod remote;
 
 /// Position of an event in the global log (`$all`). Embedded: commit == prepare == sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
@@ -121,4 +121,12 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Short name for logs and metrics ("embedded", "kurrentdb").
     fn kind(&self) -> &'static str;
+
+    /// The last position known to be durable, for stores where an append is visible before
+    /// `sync()` makes it durable (embedded). Readers in other processes must not see past it:
+    /// a crash could lose those events and reuse their positions. `None`: every visible event
+    /// is durable.
+    fn durable_position(&self) -> Option<GlobalPosition> {
+        None
+    }
 }

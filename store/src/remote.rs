@@ -125,17 +125,28 @@ async fn all(State(store): State<Arc<dyn EventStore>>, Query(q): Query<AllQuery>
     let max = q.max.clamp(1, 10_000);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms.min(30_000));
     loop {
+        // Only what is durable: a crash may lose later events and give their positions to others.
+        let durable = store.durable_position();
         match store.read_all(after, max).await {
-            Ok(events) if !events.is_empty() || tokio::time::Instant::now() >= deadline => {
-                return encode(&events).into_response();
+            Ok(mut events) => {
+                if let Some(d) = durable {
+                    events.retain(|e| e.position <= d);
+                }
+                if !events.is_empty() || tokio::time::Instant::now() >= deadline {
+                    return encode(&events).into_response();
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             Err(e) => return error_response(e),
         }
     }
 }
 
-async fn stream(State(store): State<Arc<dyn EventStore>>, Path(name): Path<String>, Query(q): Query<StreamQuery>) -> Response {
+async fn stream(
+    State(store): State<Arc<dyn EventStore>>,
+    Path(name): Path<String>,
+    Query(q): Query<StreamQuery>,
+) -> Response {
     match store.read_stream(&name, q.from, q.max.clamp(1, 10_000)).await {
         Ok(events) => encode(&events).into_response(),
         Err(e) => error_response(e),
@@ -194,7 +205,9 @@ impl RemoteStore {
         if !resp.status().is_success() {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
-            return Err(StoreError::Unavailable(format!("remote store {url} answered {status}: {text}")));
+            return Err(StoreError::Unavailable(format!(
+                "remote store {url} answered {status}: {text}"
+            )));
         }
         let bytes = resp
             .bytes()
@@ -203,7 +216,12 @@ impl RemoteStore {
         Ok(Some(bytes.to_vec()))
     }
 
-    async fn all(&self, after: Option<GlobalPosition>, max: usize, wait_ms: u64) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn all(
+        &self,
+        after: Option<GlobalPosition>,
+        max: usize,
+        wait_ms: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let mut q = vec![("max", max.to_string()), ("wait_ms", wait_ms.to_string())];
         if let Some(a) = after {
             q.push(("after_commit", a.commit.to_string()));
@@ -221,9 +239,17 @@ impl EventStore for RemoteStore {
         )))
     }
 
-    async fn read_stream(&self, stream: &str, from_revision: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_revision: u64,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let path = format!("/v1/store/streams/{stream}");
-        let q = [("from", from_revision.to_string()), ("max", max.min(10_000).to_string())];
+        let q = [
+            ("from", from_revision.to_string()),
+            ("max", max.min(10_000).to_string()),
+        ];
         decode(&self.get(&path, &q).await?.unwrap_or_default())
     }
 
@@ -263,7 +289,12 @@ fn async_stream_unfold(
     after: Option<GlobalPosition>,
 ) -> impl futures::Stream<Item = Result<RecordedEvent, StoreError>> + Send + 'static {
     use futures::StreamExt;
-    let state = (store, after, std::collections::VecDeque::new(), Duration::from_millis(100));
+    let state = (
+        store,
+        after,
+        std::collections::VecDeque::new(),
+        Duration::from_millis(100),
+    );
     futures::stream::unfold(state, |(store, mut after, mut buffer, mut backoff)| async move {
         loop {
             if let Some(e) = buffer.pop_front() {
@@ -309,12 +340,23 @@ mod tests {
             data: vec![n],
             metadata: vec![],
         };
-        local.append("customer-a", ExpectedRevision::NoStream, vec![ev(1), ev(2)]).await.unwrap();
+        local
+            .append("customer-a", ExpectedRevision::NoStream, vec![ev(1), ev(2)])
+            .await
+            .unwrap();
+        assert!(
+            remote.read_all(None, 10).await.unwrap().is_empty(),
+            "not served before sync"
+        );
+        local.sync().await.unwrap();
         assert_eq!(remote.stream_revision("customer-a").await.unwrap(), Some(1));
         assert_eq!(remote.stream_revision("customer-b").await.unwrap(), None);
         let s = remote.read_stream("customer-a", 1, 10).await.unwrap();
         assert_eq!((s.len(), s[0].data.clone()), (1, vec![2]));
-        assert_eq!(remote.read_all(None, 10).await.unwrap(), local.read_all(None, 10).await.unwrap());
+        assert_eq!(
+            remote.read_all(None, 10).await.unwrap(),
+            local.read_all(None, 10).await.unwrap()
+        );
         assert!(matches!(
             remote.append("customer-a", ExpectedRevision::Any, vec![ev(3)]).await,
             Err(StoreError::Config(_))
@@ -323,8 +365,16 @@ mod tests {
         let mut sub = remote.subscribe_all(None);
         assert_eq!(sub.next().await.unwrap().unwrap().data, vec![1]);
         assert_eq!(sub.next().await.unwrap().unwrap().data, vec![2]);
-        local.append("customer-b", ExpectedRevision::NoStream, vec![ev(3)]).await.unwrap();
-        let live = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.unwrap().unwrap().unwrap();
+        local
+            .append("customer-b", ExpectedRevision::NoStream, vec![ev(3)])
+            .await
+            .unwrap();
+        local.sync().await.unwrap();
+        let live = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!((live.stream.as_str(), live.data.clone()), ("customer-b", vec![3]));
     }
 }

@@ -28,7 +28,11 @@ impl Server {
     }
 
     pub async fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let port = free_port();
+        Self::start_on(data_dir, args, env, &free_port().to_string()).await
+    }
+
+    /// Starts on a given port (e.g. to restart a process where others expect it).
+    pub async fn start_on(data_dir: &Path, args: &[&str], env: &[(&str, &str)], port: &str) -> Server {
         let log = std::fs::File::create(data_dir.with_extension(format!("{port}.log"))).unwrap();
         let mut cmd = crm();
         cmd.arg("--data-dir")

@@ -4,4 +4,5 @@ mod channels;
 mod deploy;
 mod harness;
 mod identity;
+mod kafka;
 mod spine;
