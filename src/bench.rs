@@ -123,13 +123,12 @@ async fn start_local(mut config: Config, bus: crate::config::BusKind) -> anyhow:
     let url = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while client
+    while !client
         .get(format!("{url}/readyz"))
         .send()
         .await
         .map(|r| r.status().is_success())
         .unwrap_or(false)
-        == false
     {
         if Instant::now() > deadline {
             anyhow::bail!("the benchmark server did not become ready within 30 s");
@@ -241,7 +240,9 @@ async fn ingest(b: &IngestBench, config: Config) -> anyhow::Result<()> {
             .step_by((b.forms / 50).max(1))
             .map(|i| form_body(&run_id, i).0)
             .collect();
-        if visible(&client, &url, &[last.clone()]).await?[0] && visible(&client, &url, &all).await?.iter().all(|v| *v) {
+        if visible(&client, &url, std::slice::from_ref(&last)).await?[0]
+            && visible(&client, &url, &all).await?.iter().all(|v| *v)
+        {
             break;
         }
         if Instant::now() > deadline {

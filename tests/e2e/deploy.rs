@@ -16,8 +16,11 @@ fn load(path: &str) -> Vec<Yaml> {
     YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{path} does not parse: {e}"))
 }
 
-/// Every (args, env) of the crm containers in a YAML tree.
-fn containers(y: &Yaml, out: &mut Vec<(Vec<String>, Vec<(String, String)>)>) {
+/// A crm container: its command line and environment.
+type Container = (Vec<String>, Vec<(String, String)>);
+
+/// Every crm container in a YAML tree.
+fn containers(y: &Yaml, out: &mut Vec<Container>) {
     match y {
         Yaml::Hash(h) => {
             let image = h.get(&Yaml::String("image".into())).and_then(|i| i.as_str());
@@ -29,16 +32,13 @@ fn containers(y: &Yaml, out: &mut Vec<(Vec<String>, Vec<(String, String)>)>) {
                     .filter_map(|v| v.as_str().map(str::to_string))
                     .collect();
                 let mut env = Vec::new();
-                match h.get(&Yaml::String("environment".into())) {
-                    Some(Yaml::Hash(e)) => {
-                        for (k, v) in e {
-                            env.push((
-                                k.as_str().unwrap().to_string(),
-                                v.as_str().unwrap_or_default().to_string(),
-                            ));
-                        }
+                if let Some(Yaml::Hash(e)) = h.get(&Yaml::String("environment".into())) {
+                    for (k, v) in e {
+                        env.push((
+                            k.as_str().unwrap().to_string(),
+                            v.as_str().unwrap_or_default().to_string(),
+                        ));
                     }
-                    _ => {}
                 }
                 if let Some(Yaml::Array(list)) = h.get(&Yaml::String("env".into())) {
                     for item in list {

@@ -72,7 +72,7 @@ async fn split_roles_on_kafka_lose_nothing_and_dead_letter_poison() {
             (bus::HEADER_EVENT_ID.to_string(), format!("poison-{i}")),
             (
                 bus::HEADER_SCHEMA.to_string(),
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     "crm.inbound.v9.NoSuchEventV9"
                 } else {
                     proto::SCHEMA_FORM_SUBMITTED_V1
