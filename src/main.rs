@@ -12,6 +12,10 @@ mod telemetry;
 
 use std::path::PathBuf;
 
+// sled and the HTTP stack allocate from many threads; glibc's arena locks showed up in profiles.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 use crate::config::{BusKind, Config, StoreKind};
