@@ -4,12 +4,13 @@
 //! each identifier (for the shared-identifier guardrail).
 //!
 //! Why a projection of `$all` kept in memory rather than a rebuild from customer streams
-//! or a snapshot: it is a pure function of the log, so restarts, redeliveries and other
-//! writers (reviewers approving, splits from the API) are seen the same way. It is built
-//! from position zero on the first decision after start (reading only event types it
-//! needs; about 0.2 s per 100k events on the embedded store) and caught up before every
-//! decision. A persisted snapshot would make startup O(1) at millions of customers; it
-//! is not needed at our sizes yet.
+//! or a persisted snapshot: it is a pure function of the log, so restarts, redeliveries
+//! and other writers (reviewers approving, splits from the API) are seen the same way.
+//! It is built from position zero on the first decision after start (decoding only the
+//! event types it needs) and caught up before every decision. Measured with
+//! `examples/live_matching.rs` (release, embedded store, ~5 events per customer): 0.26 s
+//! for 10k customers, 3.6 s for 100k, so about 36 s at 1M; past a few hundred thousand
+//! customers a persisted snapshot (index + position) should replace the full read.
 //!
 //! Nothing here appends events: decisions with side effects live in `service`.
 
