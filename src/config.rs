@@ -170,6 +170,10 @@ impl Config {
     /// Turns a bad configuration into one clear message before anything starts.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.region()?;
+        self.identity
+            .matching
+            .validate()
+            .map_err(|e| anyhow::anyhow!("identity.matching: {e}"))?;
         if self.store.kind == StoreKind::Eventstoredb && self.store.url.as_deref().unwrap_or("").is_empty() {
             anyhow::bail!(
                 "store.kind is eventstoredb but store.url is empty: set it (or CRM__STORE__URL) to a connection string like esdb://admin:changeit@127.0.0.1:2113?tls=false"
