@@ -43,7 +43,9 @@ pub fn phone(value: &str, default_region: phonenumber::country::Id) -> Result<St
     }
     let parsed = phonenumber::parse(Some(default_region), &text).map_err(|e| err(&e.to_string()))?;
     if !phonenumber::is_valid(&parsed) {
-        return Err(err("not a valid number for its region; write it with its country code, e.g. +86 138 0013 8000"));
+        return Err(err(
+            "not a valid number for its region; write it with its country code, e.g. +86 138 0013 8000",
+        ));
     }
     Ok(parsed.format().mode(phonenumber::Mode::E164).to_string())
 }
