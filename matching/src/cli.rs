@@ -76,6 +76,10 @@ pub struct DedupArgs {
     /// Do not print the report.
     #[arg(long)]
     pub quiet: bool,
+    /// With --truth: print every missed and every false pair with its per-field evidence, and
+    /// the trained model (error analysis; the truth is never used for matching).
+    #[arg(long)]
+    pub explain_errors: bool,
 }
 
 impl DedupArgs {
@@ -99,6 +103,7 @@ impl DedupArgs {
             u_sample_pairs: 20_000,
             evaluate: PairSource::Clusters,
             quiet: true,
+            explain_errors: false,
         }
     }
 }
@@ -323,7 +328,7 @@ pub fn run(args: &DedupArgs) -> Result<DedupReport, MatchError> {
                 .iter()
                 .filter(|p| outcome.candidates.binary_search(p).is_ok())
                 .count();
-            if std::env::var_os("MATCHING_DEBUG").is_some() {
+            if args.explain_errors {
                 let w = outcome.model.weights();
                 for &(a, b) in &truth {
                     let blocked = outcome.candidates.binary_search(&(a, b)).is_ok();
