@@ -16,14 +16,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Bring the live views up to the store's tip first (no other process runs: the data dir is locked).
     let live = Projector::new(node.views.clone(), region);
     let caught_up = projections::worker::replay(node.store.as_ref(), &live, |_| {}).await?;
+    node.views.flush().await?;
     if caught_up.events > 0 {
         println!("live views were {} events behind; caught up", caught_up.events);
     }
 
     let dir = tempfile::tempdir().context("cannot create a temporary directory for the rebuild")?;
+    // A throw-away store: no background flushing, a cache that holds it all.
     let fresh_db = sled::Config::new()
         .path(dir.path())
-        .cache_capacity(256 * 1024 * 1024)
+        .temporary(true)
+        .flush_every_ms(None)
+        .mode(sled::Mode::HighThroughput)
+        .cache_capacity(1024 * 1024 * 1024)
         .open()
         .context("cannot open the temporary view store")?;
     let fresh = Arc::new(Projector::new(ViewStore::open(&fresh_db)?, region));

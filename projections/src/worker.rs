@@ -71,7 +71,8 @@ impl ReplayReport {
     }
 }
 
-/// Rebuilds every view from position zero into `projector` (a fresh view store).
+/// Rebuilds every view from position zero into `projector` (a fresh view store), or brings
+/// a view store up to the log's end. Not flushed: the caller decides (a throw-away store need not be).
 pub async fn replay(
     store: &dyn EventStore,
     projector: &Projector,
@@ -88,7 +89,6 @@ pub async fn replay(
         tokio::task::block_in_place(|| projector.apply(&events))?;
         progress(total);
     }
-    projector.views().flush().await?;
     Ok(ReplayReport {
         events: total,
         elapsed: started.elapsed(),
