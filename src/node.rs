@@ -62,6 +62,16 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
     }
 }
 
+/// With a store on another machine, views and local state stay on this node in their own sled database.
+fn open_local_views(config: &Config) -> anyhow::Result<sled::Db> {
+    let dir = config.data_dir.join("views");
+    sled::Config::new()
+        .path(&dir)
+        .cache_capacity(store::embedded::CACHE_BYTES)
+        .open()
+        .with_context(|| format!("cannot open the view store at {}", dir.display()))
+}
+
 impl Node {
     pub async fn open(config: Config) -> anyhow::Result<Node> {
         let lock = lock_data_dir(&config.data_dir)?;
@@ -80,23 +90,12 @@ impl Node {
                 let s = store::kurrent::KurrentStore::connect(&url)
                     .await
                     .context("cannot use EventStoreDB/KurrentDB as the event store (store.url)")?;
-                // Views and local state stay on this node, in their own sled database.
-                let views_dir = config.data_dir.join("views");
-                let db = sled::Config::new()
-                    .path(&views_dir)
-                    .open()
-                    .with_context(|| format!("cannot open the view store at {}", views_dir.display()))?;
-                (Arc::new(s), db)
+                (Arc::new(s), open_local_views(&config)?)
             }
             StoreKind::Remote => {
                 let url = config.store.url.clone().unwrap_or_default();
                 let s = store::remote::RemoteStore::new(&url)?;
-                let views_dir = config.data_dir.join("views");
-                let db = sled::Config::new()
-                    .path(&views_dir)
-                    .open()
-                    .with_context(|| format!("cannot open the view store at {}", views_dir.display()))?;
-                (Arc::new(s), db)
+                (Arc::new(s), open_local_views(&config)?)
             }
         };
         let views = ViewStore::open(&local)?;

@@ -23,6 +23,24 @@ pub struct ChannelRequest {
 }
 
 impl ChannelRequest {
+    /// The checks every webhook starts with: a POST, with a body of at most `max_bytes`.
+    /// `what` names the calls in the message, e.g. "Shopify webhooks".
+    pub fn require_post_within(&self, what: &str, max_bytes: usize) -> Result<(), Rejection> {
+        if self.method != "POST" {
+            return Err(Rejection::new(
+                RejectReason::FailedValidation,
+                format!("{what} are POST requests"),
+            ));
+        }
+        if self.body.len() > max_bytes {
+            return Err(Rejection::new(
+                RejectReason::PayloadTooLarge,
+                format!("body is {} bytes; the limit is {max_bytes}", self.body.len()),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
     }

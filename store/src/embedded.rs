@@ -55,6 +55,8 @@ use crate::{AppendOutcome, EventStore, ExpectedRevision, GlobalPosition, NewEven
 const SEP: u8 = 0xFF;
 /// How many events a live subscription reads from the log per batch.
 const SUBSCRIPTION_BATCH: usize = 512;
+/// sled page cache of the embedded database (store and views together).
+pub const CACHE_BYTES: u64 = 256 * 1024 * 1024;
 /// Most appends committed in one sled transaction.
 const MAX_GROUP: usize = 256;
 
@@ -116,13 +118,18 @@ impl std::fmt::Debug for SledStore {
 impl SledStore {
     /// Opens (or creates) the store in directory `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).open().map_err(|e| {
-            StoreError::Io(format!(
-                "cannot open the embedded event store at {}: {e}; check that the directory is writable and \
+        // sled's default page cache is 1 GiB; the store and the views share this one.
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(|e| {
+                StoreError::Io(format!(
+                    "cannot open the embedded event store at {}: {e}; check that the directory is writable and \
                  that no other process has it open",
-                path.display()
-            ))
-        })?;
+                    path.display()
+                ))
+            })?;
         Self::from_db(db, path.to_path_buf())
     }
 

@@ -271,18 +271,7 @@ impl Channel for Shopify {
     }
 
     fn handle(&self, request: &ChannelRequest) -> Result<Accepted, Rejection> {
-        if request.method != "POST" {
-            return Err(Rejection::new(
-                RejectReason::FailedValidation,
-                "Shopify webhooks are POST requests",
-            ));
-        }
-        if request.body.len() > MAX_BODY_BYTES {
-            return Err(Rejection::new(
-                RejectReason::PayloadTooLarge,
-                format!("body is {} bytes; the limit is {MAX_BODY_BYTES}", request.body.len()),
-            ));
-        }
+        request.require_post_within("Shopify webhooks", MAX_BODY_BYTES)?;
         self.verify(request)?;
         let topic = request
             .header("x-shopify-topic")

@@ -472,21 +472,7 @@ impl Channel for Webhook {
     }
 
     fn handle(&self, request: &ChannelRequest) -> Result<Accepted, Rejection> {
-        if request.method != "POST" {
-            return Err(Rejection::new(
-                RejectReason::FailedValidation,
-                "webhook calls are POST requests",
-            ));
-        }
-        if request.body.len() > MAX_BODY_BYTES {
-            return Err(Rejection::new(
-                RejectReason::PayloadTooLarge,
-                format!(
-                    "body is {} bytes; the limit is {MAX_BODY_BYTES}: split the batch",
-                    request.body.len()
-                ),
-            ));
-        }
+        request.require_post_within("webhook calls (split a batch that is too big)", MAX_BODY_BYTES)?;
         self.verify(request)?;
         let mime = request
             .content_type()

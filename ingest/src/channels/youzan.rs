@@ -450,18 +450,7 @@ impl Channel for Youzan {
     }
 
     fn handle(&self, request: &ChannelRequest) -> Result<Accepted, Rejection> {
-        if request.method != "POST" {
-            return Err(Rejection::new(
-                RejectReason::FailedValidation,
-                "Youzan pushes are POST requests",
-            ));
-        }
-        if request.body.len() > MAX_BODY_BYTES {
-            return Err(Rejection::new(
-                RejectReason::PayloadTooLarge,
-                format!("body is {} bytes; the limit is {MAX_BODY_BYTES}", request.body.len()),
-            ));
-        }
+        request.require_post_within("Youzan pushes", MAX_BODY_BYTES)?;
         self.verify(request)?;
         let envelope: Value = serde_json::from_slice(&request.body)
             .map_err(|e| Rejection::new(RejectReason::Undecodable, format!("body is not JSON: {e}")))?;
