@@ -188,6 +188,56 @@ async fn forms_merge_into_one_customer_survive_kill9_and_replay_equal() {
     );
     assert!(stdout.contains("rebuilt views equal the live views"), "{stdout}");
     assert!(stdout.contains("events/s"), "{stdout}");
+
+    // The rejected forms were kept: listed and shown by the CLI, raw body included.
+    let out = crm()
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["quarantine", "list", "--dead-letters"])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{list}");
+    for reason in [
+        "failed_validation",
+        "unsupported_media_type",
+        "payload_too_large",
+        "undecodable",
+    ] {
+        assert!(list.contains(reason), "{reason} missing from:\n{list}");
+    }
+    assert!(
+        list.contains("4 quarantined request(s)") && list.contains("0 dead letter(s)"),
+        "{list}"
+    );
+    let id = list
+        .lines()
+        .find(|l| l.contains("failed_validation"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap();
+    let out = crm()
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["quarantine", "show", id])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("phone=12&email=zw@") && shown.contains("field:     phone"),
+        "{shown}"
+    );
+    // Replaying it through the same form fails again (the data, not the config, is wrong) and says so.
+    let out = crm()
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["quarantine", "replay", id])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rejected again"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
