@@ -16,15 +16,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
 say() { echo "==> $*"; }
 
 # 1. System packages the build needs (rdkafka builds librdkafka with gcc, make, pkg-config, zlib).
-need=()
-for pkg in pkg-config zlib1g-dev make gcc g++ python3-venv; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-done
-if ((${#need[@]})); then
-    say "installing system packages: ${need[*]}"
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-    $SUDO apt-get install -y -q "${need[@]}" || { $SUDO apt-get update -q && $SUDO apt-get install -y -q "${need[@]}"; }
-fi
+bash deploy/system-packages.sh python3-venv
 
 # 2. Python peers (wechatpy, openpyxl, jsonschema): test clients only, never the product.
 venv="$cache/pyenv"
