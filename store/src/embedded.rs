@@ -221,24 +221,6 @@ fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
-fn check_expected(stream: &str, expected: ExpectedRevision, actual: Option<u64>) -> Result<(), StoreError> {
-    let ok = match expected {
-        ExpectedRevision::Any => true,
-        ExpectedRevision::NoStream => actual.is_none(),
-        ExpectedRevision::StreamExists => actual.is_some(),
-        ExpectedRevision::Exact(n) => actual == Some(n),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::WrongExpectedRevision {
-            stream: stream.to_owned(),
-            expected,
-            actual,
-        })
-    }
-}
-
 /// The single writer: owns sequence assignment, commits groups of appends.
 struct Writer {
     trees: Trees,
@@ -356,7 +338,7 @@ fn append_in_tx(
             position: None,
         }));
     }
-    if let Err(e) = check_expected(stream, request.expected, head) {
+    if let Err(e) = request.expected.check(stream, head) {
         return Ok(Err(e));
     }
     if fresh.is_empty() {

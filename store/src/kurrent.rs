@@ -336,24 +336,6 @@ fn to_recorded(e: &kurrentdb::RecordedEvent) -> RecordedEvent {
     }
 }
 
-fn check_expected(stream: &str, expected: ExpectedRevision, actual: Option<u64>) -> Result<(), StoreError> {
-    let ok = match expected {
-        ExpectedRevision::Any => true,
-        ExpectedRevision::NoStream => actual.is_none(),
-        ExpectedRevision::StreamExists => actual.is_some(),
-        ExpectedRevision::Exact(n) => actual == Some(n),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::WrongExpectedRevision {
-            stream: stream.to_owned(),
-            expected,
-            actual,
-        })
-    }
-}
-
 #[async_trait::async_trait]
 impl EventStore for KurrentStore {
     async fn append(
@@ -396,7 +378,7 @@ impl EventStore for KurrentStore {
                     position: None,
                 });
             }
-            check_expected(stream, expected, head)?;
+            expected.check(stream, head)?;
             if fresh.is_empty() {
                 return Ok(AppendOutcome {
                     last_revision: 0,

@@ -30,6 +30,27 @@ pub enum ExpectedRevision {
     Exact(u64),
 }
 
+impl ExpectedRevision {
+    /// Checks a stream whose last revision is `actual` (`None`: no stream) against this expectation.
+    pub fn check(self, stream: &str, actual: Option<u64>) -> Result<(), StoreError> {
+        let ok = match self {
+            ExpectedRevision::Any => true,
+            ExpectedRevision::NoStream => actual.is_none(),
+            ExpectedRevision::StreamExists => actual.is_some(),
+            ExpectedRevision::Exact(n) => actual == Some(n),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(StoreError::WrongExpectedRevision {
+                stream: stream.to_owned(),
+                expected: self,
+                actual,
+            })
+        }
+    }
+}
+
 /// An event to append. `event_id` is deterministic: appending an id already in
 /// the stream is a no-op, which makes redelivery harmless.
 #[derive(Debug, Clone, PartialEq, Eq)]

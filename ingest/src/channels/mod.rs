@@ -40,6 +40,30 @@ pub enum ChannelConfigError {
     Duplicate { kind: String, name: String },
 }
 
+/// A secret from the environment variable `var`; a missing or empty one is a clear error.
+pub fn secret(
+    env: &dyn Fn(&str) -> Option<String>,
+    channel: &str,
+    var: &str,
+    what: &'static str,
+) -> Result<String, ChannelConfigError> {
+    env(var)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ChannelConfigError::MissingSecret {
+            channel: channel.to_string(),
+            var: var.to_string(),
+            what,
+        })
+}
+
+/// The phone region of a channel's `default_region`.
+pub fn region(channel: &str, code: &str) -> Result<phonenumber::country::Id, ChannelConfigError> {
+    proto::normalize::region(code).ok_or_else(|| ChannelConfigError::Invalid {
+        channel: channel.to_string(),
+        message: format!("default_region {code:?} is not an ISO 3166 region code such as CN or US"),
+    })
+}
+
 /// Builds every configured channel. The default web form (any form id) is always there.
 pub fn build(
     configs: &[ChannelConfig],

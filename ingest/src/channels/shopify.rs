@@ -76,21 +76,13 @@ pub fn hmac_header(secret: &str, body: &[u8]) -> String {
 impl Shopify {
     pub fn new(config: ShopifyConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ChannelConfigError> {
         let channel = format!("{KIND}/{}", config.name);
-        let secret =
-            env(&config.secret_env)
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| ChannelConfigError::MissingSecret {
-                    channel: channel.clone(),
-                    var: config.secret_env.clone(),
-                    what: "Shopify app client secret that signs webhooks",
-                })?;
-        let region = normalize::region(&config.default_region).ok_or_else(|| ChannelConfigError::Invalid {
-            channel,
-            message: format!(
-                "default_region {:?} is not an ISO 3166 code such as US",
-                config.default_region
-            ),
-        })?;
+        let secret = super::secret(
+            env,
+            &channel,
+            &config.secret_env,
+            "Shopify app client secret that signs webhooks",
+        )?;
+        let region = super::region(&channel, &config.default_region)?;
         Ok(Shopify { config, secret, region })
     }
 

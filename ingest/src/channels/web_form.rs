@@ -100,13 +100,7 @@ enum OriginCheck {
 impl WebForm {
     pub fn new(config: WebFormConfig) -> Result<Self, ChannelConfigError> {
         let channel = format!("{KIND}/{}", config.name);
-        let region = normalize::region(&config.default_region).ok_or_else(|| ChannelConfigError::Invalid {
-            channel: channel.clone(),
-            message: format!(
-                "default_region {:?} is not an ISO 3166 region code such as CN or US",
-                config.default_region
-            ),
-        })?;
+        let region = super::region(&channel, &config.default_region)?;
         let limiter = NonZeroU32::new(config.rate_limit_per_minute)
             .map(|n| DefaultKeyedRateLimiter::dashmap(Quota::per_minute(n)));
         let mut origins = Vec::new();

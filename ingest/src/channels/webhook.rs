@@ -77,21 +77,13 @@ pub fn signature_header(secret: &str, timestamp: &str, body: &[u8]) -> String {
 impl Webhook {
     pub fn new(config: WebhookConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ChannelConfigError> {
         let channel = format!("{KIND}/{}", config.name);
-        let secret =
-            env(&config.secret_env)
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| ChannelConfigError::MissingSecret {
-                    channel: channel.clone(),
-                    var: config.secret_env.clone(),
-                    what: "shared secret the sender signs webhooks with",
-                })?;
-        let region = normalize::region(&config.default_region).ok_or_else(|| ChannelConfigError::Invalid {
-            channel,
-            message: format!(
-                "default_region {:?} is not an ISO 3166 code such as CN",
-                config.default_region
-            ),
-        })?;
+        let secret = super::secret(
+            env,
+            &channel,
+            &config.secret_env,
+            "shared secret the sender signs webhooks with",
+        )?;
+        let region = super::region(&channel, &config.default_region)?;
         Ok(Webhook { config, secret, region })
     }
 

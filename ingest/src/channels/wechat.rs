@@ -82,24 +82,21 @@ impl WeChat {
                 message: "app_id is empty: set it to the account's AppID (wx...)".into(),
             });
         }
-        let token =
-            env(&config.token_env)
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| ChannelConfigError::MissingSecret {
-                    channel: channel.clone(),
-                    var: config.token_env.clone(),
-                    what: "Token from the WeChat console (服务器配置)",
-                })?;
+        let token = super::secret(
+            env,
+            &channel,
+            &config.token_env,
+            "Token from the WeChat console (服务器配置)",
+        )?;
         let aes_key = match &config.encoding_aes_key_env {
             None => None,
             Some(var) => {
-                let raw = env(var)
-                    .filter(|k| !k.is_empty())
-                    .ok_or_else(|| ChannelConfigError::MissingSecret {
-                        channel: channel.clone(),
-                        var: var.clone(),
-                        what: "EncodingAESKey from the WeChat console (43 characters)",
-                    })?;
+                let raw = super::secret(
+                    env,
+                    &channel,
+                    var,
+                    "EncodingAESKey from the WeChat console (43 characters)",
+                )?;
                 Some(decode_encoding_aes_key(&raw).ok_or_else(|| ChannelConfigError::Invalid {
                     channel: channel.clone(),
                     message: format!(

@@ -72,20 +72,8 @@ impl Youzan {
                 message: "client_id is empty: copy it from the Youzan cloud console (应用管理)".into(),
             });
         }
-        let secret = env(&config.client_secret_env)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| ChannelConfigError::MissingSecret {
-                channel: channel.clone(),
-                var: config.client_secret_env.clone(),
-                what: "Youzan app client_secret",
-            })?;
-        let region = normalize::region(&config.default_region).ok_or_else(|| ChannelConfigError::Invalid {
-            channel,
-            message: format!(
-                "default_region {:?} is not an ISO 3166 code such as CN",
-                config.default_region
-            ),
-        })?;
+        let secret = super::secret(env, &channel, &config.client_secret_env, "Youzan app client_secret")?;
+        let region = super::region(&channel, &config.default_region)?;
         Ok(Youzan { config, secret, region })
     }
 }
