@@ -74,6 +74,14 @@ impl InboundEvent {
         }
     }
 
+    /// The event as a [`inbound::ChannelEventV1`], if it is one.
+    pub fn as_channel_event(&self) -> Option<&inbound::ChannelEventV1> {
+        match self {
+            InboundEvent::Channel(e) => Some(e),
+            InboundEvent::FormSubmitted(_) => None,
+        }
+    }
+
     pub fn schema(&self) -> &'static str {
         match self {
             InboundEvent::FormSubmitted(_) => SCHEMA_FORM_SUBMITTED_V1,

@@ -496,10 +496,7 @@ mod tests {
     }
 
     fn event(out: &Accepted) -> &ChannelEventV1 {
-        match &out.events[0] {
-            InboundEvent::Channel(e) => e,
-            other => panic!("not a channel event: {other:?}"),
-        }
+        out.events[0].as_channel_event().expect("a channel event")
     }
 
     const CUSTOMER_CREATE: &str = include_str!("testdata/shopify/customers_create.json");

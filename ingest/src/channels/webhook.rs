@@ -596,10 +596,7 @@ mod tests {
     const TRACK_BATCH: &str = include_str!("testdata/webhook/track_batch.json");
 
     fn channel_event(e: &InboundEvent) -> &ChannelEventV1 {
-        match e {
-            InboundEvent::Channel(e) => e,
-            other => panic!("not a channel event: {other:?}"),
-        }
+        e.as_channel_event().expect("a channel event")
     }
 
     #[test]

@@ -611,10 +611,7 @@ mod tests {
     }
 
     fn event(out: &Accepted) -> &ChannelEventV1 {
-        match &out.events[0] {
-            InboundEvent::Channel(e) => e,
-            other => panic!("not a channel event: {other:?}"),
-        }
+        out.events[0].as_channel_event().expect("a channel event")
     }
 
     const CREATE: &str = include_str!("testdata/youzan/trade_TradeCreate.json");
