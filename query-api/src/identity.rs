@@ -209,15 +209,13 @@ impl IdentityQuery {
             None,
             |after: Option<String>, _before: Option<String>, first, _last| async move {
                 let limit = first.unwrap_or(20).min(200);
+                // Count before listing: the projector writes concurrently, and a review
+                // counted here is then certainly in the page read after it.
+                let total_count = api.views.review_count(status.key()) as u64;
                 let items = api.views.reviews(status.key(), after.as_deref(), limit + 1)?;
                 let has_next = items.len() > limit;
-                let mut conn = Connection::with_additional_fields(
-                    after.is_some(),
-                    has_next,
-                    ReviewsInfo {
-                        total_count: api.views.review_count(status.key()) as u64,
-                    },
-                );
+                let mut conn =
+                    Connection::with_additional_fields(after.is_some(), has_next, ReviewsInfo { total_count });
                 for r in items.into_iter().take(limit) {
                     conn.edges.push(Edge::new(r.id.clone(), MatchReview(r)));
                 }

@@ -174,7 +174,9 @@ async fn a_review_task_is_listed_side_by_side_and_approved() {
         customer { id name identifiers { normalized } } candidate { id name identifiers { normalized } }
     } } } }"#;
     let pending = server
-        .eventually(reviews, |d| d["matchReviews"]["totalCount"] == 1)
+        .eventually(reviews, |d| {
+            d["matchReviews"]["totalCount"] == 1 && !d["matchReviews"]["edges"][0]["node"].is_null()
+        })
         .await;
     let review = &pending["matchReviews"]["edges"][0]["node"];
     assert_eq!(review["reason"], "review_band", "{review}");
