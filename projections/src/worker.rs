@@ -7,7 +7,7 @@ use futures::{FutureExt, StreamExt};
 use store::EventStore;
 use tokio::sync::watch;
 
-use crate::projector::{ProjectionError, Projector};
+use crate::projector::{ProjectionError, Projector, Rebuild};
 
 /// Most events applied in one atomic batch.
 const BATCH: usize = 2048;
@@ -93,4 +93,51 @@ pub async fn replay(
         events: total,
         elapsed: started.elapsed(),
     })
+}
+
+/// Rebuilds every view from position zero in memory (see [`Projector::rebuild`]). The next
+/// chunk of the log is read while the current one is applied, so reading and projecting
+/// run on two cores.
+pub async fn rebuild<'p>(
+    store: Arc<dyn EventStore>,
+    projector: &'p Projector,
+    mut progress: impl FnMut(u64),
+) -> Result<(ReplayReport, Rebuild<'p>), ProjectionError> {
+    let started = Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    let reader = tokio::spawn(async move {
+        let mut after = None;
+        loop {
+            let events = match store.read_all(after, 20_000).await {
+                Ok(events) => events,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            let Some(last) = events.last() else { return };
+            after = Some(last.position);
+            if tx.send(Ok(events)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut rebuild = projector.rebuild();
+    let mut total = 0u64;
+    while let Some(events) = rx.recv().await {
+        let events = events?;
+        total += events.len() as u64;
+        tokio::task::block_in_place(|| rebuild.apply(&events))?;
+        progress(total);
+    }
+    reader
+        .await
+        .map_err(|e| ProjectionError::Store(store::StoreError::Io(format!("the log reader failed: {e}"))))?;
+    Ok((
+        ReplayReport {
+            events: total,
+            elapsed: started.elapsed(),
+        },
+        rebuild,
+    ))
 }
