@@ -40,7 +40,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (live_keys, live_digest) = node.views.digest()?;
     let mut digest = ViewDigest::default();
     for (k, v) in &entries {
-        digest.add(&k, &v);
+        digest.add(k, v);
     }
     let (fresh_keys, fresh_digest) = digest.finish();
     println!("live views:    {live_keys} keys, digest {live_digest:016x}");
