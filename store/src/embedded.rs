@@ -1,26 +1,27 @@
 //! The embedded event store on sled: the default backend for single-node deployments.
 //!
-//! Layout (one sled database, four trees):
-//! - `log`: global log, big-endian `u64` sequence → encoded record ([`record`]).
+//! Layout (one sled tree, `events`, four key spaces told apart by their first byte):
+//! - `L ‖ BE u64 sequence` → encoded record ([`record`]): the global log.
 //!   Sequences start at 1 and are never reused, so `after: None` means "from the start";
 //!   `GlobalPosition { commit: seq, prepare: seq }`.
-//! - `stream_index`: `stream ‖ 0xFF ‖ BE revision` → BE sequence.
-//! - `stream_heads`: `stream` → BE last revision.
-//! - `event_ids`: `stream ‖ 0xFF ‖ event id (16 bytes)` → BE revision.
+//! - `I ‖ stream ‖ 0xFF ‖ BE revision` → BE sequence: the stream index.
+//! - `H ‖ stream` → BE last revision: stream heads.
+//! - `E ‖ stream ‖ 0xFF ‖ event id (16 bytes)` → BE revision: event ids seen.
 //!
 //! `0xFF` never occurs in UTF-8, so a stream's keys never interleave with a stream whose
 //! name it prefixes.
 //!
-//! Appends go to one writer thread that commits them as one sled multi-tree transaction per
+//! Appends go to one writer thread that commits them as one atomic sled *batch* per
 //! *group*: every append waiting when the writer becomes free joins the group (group commit).
-//! Each append in a group is checked against the state left by the ones before it, and a
-//! failing one (wrong expected revision) writes nothing and does not affect the others.
+//! One tree and one batch (not a multi-tree transaction) because the single writer needs
+//! no conflict detection, only atomicity: each append in a group is checked against the
+//! tree plus the heads and ids written by the ones before it in the group, and a failing
+//! one (wrong expected revision) writes nothing and does not affect the others.
 //! Measured on this project's 2-core machine (`examples/throughput.rs`, release, 300-byte
-//! events, 10k streams, machine shared with other builds): 1 append in flight ≈ 16k appends/s
-//! acknowledged but ≈ 8.7k/s once the final `sync()` has drained sled's write backlog; 64 in
-//! flight (groups of ~40) ≈ 17.5k/s sustained, sync included; `read_all` ≈ 550k events/s in
-//! batches of 1000. sled's own I/O threads take about half the CPU. Throughput grows with
-//! appends in flight, so the domain should keep several.
+//! events, 10k streams): 1 append in flight ≈ 20k appends/s acknowledged, 14k/s including
+//! the final `sync()`; 64 in flight 35–43k appends/s (the earlier four-tree transaction
+//! layout: 36k). End to end (`crm bench ingest`) the batch layout took sustained forms/s
+//! from 2.2k to 3.0k. Throughput grows with appends in flight, so the domain keeps several.
 //! Sequence numbers are assigned by that single writer and become visible in order, so a
 //! reader of the log never sees a gap that fills in later. That is what lets
 //! [`EventStore::subscribe_all`] follow the log without gaps or duplicates.
@@ -39,14 +40,14 @@
 //!
 //! Not here: the KurrentDB adapter (`kurrent`), the port itself (`lib.rs`).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::stream::BoxStream;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::{IVec, Transactional, Tree};
+use sled::{IVec, Tree};
 use tokio::sync::watch;
 
 use crate::{AppendOutcome, EventStore, ExpectedRevision, GlobalPosition, NewEvent, RecordedEvent, StoreError};
@@ -69,7 +70,7 @@ pub struct SledStore {
 struct Inner {
     db: sled::Db,
     path: PathBuf,
-    trees: Trees,
+    events: Tree,
     /// Last committed sequence, bumped by the writer after each group so live subscribers
     /// wake up without polling.
     tip: watch::Receiver<u64>,
@@ -81,12 +82,23 @@ struct Inner {
     writer: Option<JoinHandle<()>>,
 }
 
-#[derive(Clone)]
-struct Trees {
-    log: Tree,
-    stream_index: Tree,
-    stream_heads: Tree,
-    event_ids: Tree,
+/// First bytes of the key spaces in the `events` tree.
+const LOG: u8 = b'L';
+const INDEX: u8 = b'I';
+const HEAD: u8 = b'H';
+const EVENT_ID: u8 = b'E';
+
+fn log_key(sequence: u64) -> [u8; 9] {
+    let mut k = [LOG; 9];
+    k[1..].copy_from_slice(&sequence.to_be_bytes());
+    k
+}
+
+fn head_key(stream: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + stream.len());
+    k.push(HEAD);
+    k.extend_from_slice(stream.as_bytes());
+    k
 }
 
 struct AppendRequest {
@@ -142,28 +154,33 @@ impl SledStore {
         Self::from_db(db, PathBuf::from("<temporary>"))
     }
 
-    /// The store in an already open sled database (its trees are `log`, `stream_index`,
-    /// `stream_heads`, `event_ids`). Views kept in other trees of the same database
+    /// The store in an already open sled database (its tree is `events`). Views kept in other trees of the same database
     /// recover from a crash to the same prefix of operations as the log.
     pub fn from_db(db: sled::Db, path: PathBuf) -> Result<Self, StoreError> {
-        let tree = |name: &str| {
-            db.open_tree(name)
-                .map_err(|e| StoreError::Io(format!("cannot open tree {name} in {}: {e}", path.display())))
-        };
-        let trees = Trees {
-            log: tree("log")?,
-            stream_index: tree("stream_index")?,
-            stream_heads: tree("stream_heads")?,
-            event_ids: tree("event_ids")?,
-        };
-        let last = match trees.log.last().map_err(io("read the last log entry"))? {
-            Some((key, _)) => decode_u64(&key, "log key")?,
+        let names = db.tree_names();
+        if names.iter().any(|n| n.as_ref() == b"log") {
+            return Err(StoreError::Corrupt(format!(
+                "{} holds an event store in the earlier four-tree layout (before the `events` tree); \
+                 this version cannot read it: rebuild it by re-importing, or use the earlier crm binary",
+                path.display()
+            )));
+        }
+        let events = db
+            .open_tree("events")
+            .map_err(|e| StoreError::Io(format!("cannot open tree events in {}: {e}", path.display())))?;
+        let last = match events
+            .scan_prefix([LOG])
+            .next_back()
+            .transpose()
+            .map_err(io("read the last log entry"))?
+        {
+            Some((key, _)) => decode_u64(&key[1..], "log key")?,
             None => 0,
         };
         let (tip_tx, tip) = watch::channel(last);
         let (requests, queue) = mpsc::channel();
         let writer = Writer {
-            trees: trees.clone(),
+            events: events.clone(),
             last_sequence: last,
             tip: tip_tx,
         };
@@ -175,7 +192,7 @@ impl SledStore {
             inner: Arc::new(Inner {
                 db,
                 path,
-                trees,
+                events,
                 tip,
                 durable: std::sync::atomic::AtomicU64::new(last),
                 requests: Some(requests),
@@ -206,8 +223,9 @@ fn decode_u64(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(arr))
 }
 
-fn stream_key(stream: &str, suffix: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(stream.len() + 1 + suffix.len());
+fn stream_key(space: u8, stream: &str, suffix: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + stream.len() + suffix.len());
+    key.push(space);
     key.extend_from_slice(stream.as_bytes());
     key.push(SEP);
     key.extend_from_slice(suffix);
@@ -223,7 +241,7 @@ fn now_us() -> i64 {
 
 /// The single writer: owns sequence assignment, commits groups of appends.
 struct Writer {
-    trees: Trees,
+    events: Tree,
     last_sequence: u64,
     tip: watch::Sender<u64>,
 }
@@ -255,28 +273,28 @@ impl Writer {
             request.events.retain(|e| seen.insert(e.event_id));
         }
         let recorded_at_us = now_us();
-        let first_sequence = self.last_sequence + 1;
-        let t = &self.trees;
-        let result = (&t.log, &t.stream_index, &t.stream_heads, &t.event_ids).transaction(|trees| {
-            let mut sequence = first_sequence;
-            let mut buf = Vec::new();
-            let mut results = Vec::with_capacity(group.len());
-            for request in group.iter() {
-                let result = append_in_tx(trees, request, recorded_at_us, &mut sequence, &mut buf)?;
-                results.push(result);
-            }
-            Ok((results, sequence - 1))
-        });
-        match result {
-            Ok((results, last_sequence)) => {
-                if last_sequence > self.last_sequence {
-                    self.last_sequence = last_sequence;
-                    self.tip.send_replace(last_sequence);
-                }
+        let mut group_state = Group {
+            tree: &self.events,
+            batch: sled::Batch::default(),
+            written: HashMap::new(),
+            sequence: self.last_sequence + 1,
+            buf: Vec::new(),
+        };
+        let mut results = Vec::with_capacity(group.len());
+        for request in group.iter() {
+            results.push(group_state.append(request, recorded_at_us));
+        }
+        let last_sequence = group_state.sequence - 1;
+        if last_sequence == self.last_sequence {
+            return results;
+        }
+        match self.events.apply_batch(group_state.batch) {
+            Ok(()) => {
+                self.last_sequence = last_sequence;
+                self.tip.send_replace(last_sequence);
                 results
             }
-            Err(TransactionError::Abort(())) => unreachable_abort(group.len()),
-            Err(TransactionError::Storage(e)) => group
+            Err(e) => group
                 .iter()
                 .map(|r| {
                     Err(StoreError::Io(format!(
@@ -289,109 +307,110 @@ impl Writer {
     }
 }
 
-/// The transaction never aborts as a whole (a failing append only fails itself).
-fn unreachable_abort(n: usize) -> Vec<Result<AppendOutcome, StoreError>> {
-    (0..n)
-        .map(|_| {
-            Err(StoreError::Io(
-                "embedded event store: transaction aborted unexpectedly".into(),
-            ))
-        })
-        .collect()
+/// One group being built: the batch, and the heads and ids it writes (later appends of the
+/// group must see them).
+struct Group<'t> {
+    tree: &'t Tree,
+    batch: sled::Batch,
+    written: HashMap<Vec<u8>, [u8; 8]>,
+    sequence: u64,
+    buf: Vec<u8>,
 }
 
-type TxTrees = (
-    sled::transaction::TransactionalTree,
-    sled::transaction::TransactionalTree,
-    sled::transaction::TransactionalTree,
-    sled::transaction::TransactionalTree,
-);
-
-/// One append inside the group transaction. Checks happen before any write, so an `Err`
-/// in the returned result means this append wrote nothing.
-fn append_in_tx(
-    (log, index, heads, ids): &TxTrees,
-    request: &AppendRequest,
-    recorded_at_us: i64,
-    sequence: &mut u64,
-    buf: &mut Vec<u8>,
-) -> Result<Result<AppendOutcome, StoreError>, ConflictableTransactionError<()>> {
-    let stream = request.stream.as_str();
-    let head = match heads.get(stream.as_bytes())? {
-        Some(v) => match decode_u64(&v, "stream head") {
-            Ok(h) => Some(h),
-            Err(e) => return Ok(Err(e)),
-        },
-        None => None,
-    };
-    let mut fresh = Vec::with_capacity(request.events.len());
-    for event in &request.events {
-        if ids.get(stream_key(stream, event.event_id.as_bytes()))?.is_none() {
-            fresh.push(event);
+impl Group<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
+        if let Some(v) = self.written.get(key) {
+            return Ok(Some(u64::from_be_bytes(*v)));
+        }
+        match self.tree.get(key)? {
+            Some(v) => decode_u64(&v, "stream head or event id").map(Some),
+            None => Ok(None),
         }
     }
-    if let (true, Some(head)) = (fresh.is_empty(), head) {
-        // Pure redelivery: every id is already there, whatever `expected` says.
-        return Ok(Ok(AppendOutcome {
-            last_revision: head,
-            appended: 0,
-            position: None,
-        }));
+
+    fn put(&mut self, key: Vec<u8>, value: u64) {
+        let value = value.to_be_bytes();
+        self.batch.insert(key.as_slice(), &value);
+        self.written.insert(key, value);
     }
-    if let Err(e) = request.expected.check(stream, head) {
-        return Ok(Err(e));
+
+    /// One append. Checks happen before any write, so an `Err` means it wrote nothing.
+    fn append(&mut self, request: &AppendRequest, recorded_at_us: i64) -> Result<AppendOutcome, StoreError> {
+        let stream = request.stream.as_str();
+        let head = self.get(&head_key(stream))?;
+        let mut fresh = Vec::with_capacity(request.events.len());
+        for event in &request.events {
+            if self
+                .get(&stream_key(EVENT_ID, stream, event.event_id.as_bytes()))?
+                .is_none()
+            {
+                fresh.push(event);
+            }
+        }
+        if let (true, Some(head)) = (fresh.is_empty(), head) {
+            // Pure redelivery: every id is already there, whatever `expected` says.
+            return Ok(AppendOutcome {
+                last_revision: head,
+                appended: 0,
+                position: None,
+            });
+        }
+        request.expected.check(stream, head)?;
+        if fresh.is_empty() {
+            // Empty batch on a stream that does not exist: nothing to write, nothing to report.
+            return Ok(AppendOutcome {
+                last_revision: 0,
+                appended: 0,
+                position: None,
+            });
+        }
+        let mut revision = head.map_or(0, |h| h + 1);
+        for event in &fresh {
+            self.buf.clear();
+            record::encode(&mut self.buf, stream, revision, recorded_at_us, event);
+            self.batch.insert(&log_key(self.sequence), self.buf.as_slice());
+            self.batch.insert(
+                stream_key(INDEX, stream, &revision.to_be_bytes()),
+                &self.sequence.to_be_bytes(),
+            );
+            self.put(stream_key(EVENT_ID, stream, event.event_id.as_bytes()), revision);
+            revision += 1;
+            self.sequence += 1;
+        }
+        let last_revision = revision - 1;
+        self.put(head_key(stream), last_revision);
+        let last = self.sequence - 1;
+        Ok(AppendOutcome {
+            last_revision,
+            appended: fresh.len(),
+            position: Some(GlobalPosition {
+                commit: last,
+                prepare: last,
+            }),
+        })
     }
-    if fresh.is_empty() {
-        // Empty batch on a stream that does not exist: nothing to write, nothing to report.
-        return Ok(Ok(AppendOutcome {
-            last_revision: 0,
-            appended: 0,
-            position: None,
-        }));
-    }
-    let mut revision = head.map_or(0, |h| h + 1);
-    for event in &fresh {
-        buf.clear();
-        record::encode(buf, stream, revision, recorded_at_us, event);
-        log.insert(&sequence.to_be_bytes(), buf.as_slice())?;
-        index.insert(stream_key(stream, &revision.to_be_bytes()), &sequence.to_be_bytes())?;
-        ids.insert(stream_key(stream, event.event_id.as_bytes()), &revision.to_be_bytes())?;
-        revision += 1;
-        *sequence += 1;
-    }
-    let last_revision = revision - 1;
-    heads.insert(stream.as_bytes(), &last_revision.to_be_bytes())?;
-    let last = *sequence - 1;
-    Ok(Ok(AppendOutcome {
-        last_revision,
-        appended: fresh.len(),
-        position: Some(GlobalPosition {
-            commit: last,
-            prepare: last,
-        }),
-    }))
 }
 
 impl Inner {
     fn read_log(&self, after: Option<GlobalPosition>, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         let start = after.map_or(0, |p| p.commit.saturating_add(1));
         let mut out = Vec::with_capacity(max.min(4096));
-        for item in self.trees.log.range(start.to_be_bytes()..).take(max) {
+        for item in self.events.range(log_key(start)..=log_key(u64::MAX)).take(max) {
             let (key, value) = item.map_err(io("read the global log"))?;
-            let sequence = decode_u64(&key, "log key")?;
+            let sequence = decode_u64(&key[1..], "log key")?;
             out.push(record::decode(sequence, &value)?);
         }
         Ok(out)
     }
 
     fn read_stream_blocking(&self, stream: &str, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        let start = stream_key(stream, &from.to_be_bytes());
-        let end = stream_key(stream, &u64::MAX.to_be_bytes());
+        let start = stream_key(INDEX, stream, &from.to_be_bytes());
+        let end = stream_key(INDEX, stream, &u64::MAX.to_be_bytes());
         let mut out = Vec::new();
-        for item in self.trees.stream_index.range(start..=end).take(max) {
+        for item in self.events.range(start..=end).take(max) {
             let (_, seq) = item.map_err(io("read the stream index"))?;
             let sequence = decode_u64(&seq, "stream index value")?;
-            let value: IVec = self.trees.log.get(seq)?.ok_or_else(|| {
+            let value: IVec = self.events.get(log_key(sequence))?.ok_or_else(|| {
                 StoreError::Corrupt(format!(
                     "stream {stream} points at log sequence {sequence}, which is missing"
                 ))
@@ -440,7 +459,7 @@ impl EventStore for SledStore {
     }
 
     async fn stream_revision(&self, stream: &str) -> Result<Option<u64>, StoreError> {
-        match self.inner.trees.stream_heads.get(stream.as_bytes())? {
+        match self.inner.events.get(head_key(stream))? {
             Some(v) => Ok(Some(decode_u64(&v, "stream head")?)),
             None => Ok(None),
         }

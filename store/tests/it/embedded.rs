@@ -224,3 +224,19 @@ async fn the_same_event_appended_concurrently_is_stored_once() {
         assert_eq!(store.read_stream(&stream, 0, 10).await.expect("read").len(), 1);
     }
 }
+
+#[tokio::test]
+async fn a_data_dir_in_the_earlier_layout_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.open_tree("log")
+            .unwrap()
+            .insert(1u64.to_be_bytes(), b"x".as_slice())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let err = SledStore::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("earlier four-tree layout"), "{err}");
+    assert!(err.contains(&dir.path().display().to_string()), "{err}");
+}
