@@ -561,29 +561,29 @@ impl CustomerService {
             absorbed.push(other.id.clone());
         }
 
-        // Claim what nobody owns yet; attach what this event claimed (now or in an earlier attempt).
-        let mut customer_events = Vec::new();
-        for (key, id) in &identifiers {
-            let ours = match &claims[key] {
-                Some(c) => c.cause == inbound_id,
-                None => {
+        // Claim what nobody owns yet (each identifier its own stream: all at once); attach
+        // what this event claimed (now or in an earlier attempt).
+        let claimed = futures::future::try_join_all(
+            identifiers
+                .iter()
+                .filter(|(key, _)| claims[*key].is_none())
+                .map(|(key, id)| {
                     let claim = CustomerEvent::IdentifierClaimed(IdentifierClaimedV1 {
                         identifier: Some(id.clone()),
                         customer_id: customer_id.clone(),
                         provenance: Some(provenance.clone()),
                     });
-                    let out = self
-                        .store
-                        .append(
-                            &identity::reservation_stream(id),
-                            ExpectedRevision::NoStream,
-                            vec![claim.to_new(event_id(&inbound_id, &format!("claim/{key}")))],
-                        )
-                        .await?;
-                    appended += out.appended;
-                    true
-                }
-            };
+                    let stream = identity::reservation_stream(id);
+                    let events = vec![claim.to_new(event_id(&inbound_id, &format!("claim/{key}")))];
+                    async move { self.store.append(&stream, ExpectedRevision::NoStream, events).await }
+                })
+                .collect::<Vec<_>>(),
+        )
+        .await?;
+        appended += claimed.iter().map(|out| out.appended).sum::<usize>();
+        let mut customer_events = Vec::new();
+        for (key, id) in &identifiers {
+            let ours = claims[key].as_ref().is_none_or(|c| c.cause == inbound_id);
             if ours {
                 let attach = CustomerEvent::IdentifierAttached(IdentifierAttachedV1 {
                     customer_id: customer_id.clone(),

@@ -144,26 +144,30 @@ impl DomainWorker {
         for delivery in batch {
             let schema = delivery.record.header(bus::HEADER_SCHEMA).unwrap_or_default();
             match InboundEvent::decode(schema, &delivery.record.payload) {
-                Ok(e) => decoded.push((delivery, e)),
-                Err(e) => self.dead_letter(delivery, &e.to_string()).await?,
+                Ok(e) => decoded.push((delivery.clone(), e)),
+                Err(e) => dead_letter(self.bus.as_ref(), delivery, &e.to_string()).await?,
             }
         }
         let lanes = independent_lanes(&decoded, self.service.config().default_region);
-        let decoded = &decoded;
-        let results = futures::future::join_all(lanes.into_iter().map(|lane| async move {
-            for i in lane {
-                let (delivery, event) = &decoded[i];
-                match self.service.handle(event).await {
-                    Ok(_) => {}
-                    Err(e) if e.is_transient() => return Err(e),
-                    Err(e) => self.dead_letter(delivery, &e.to_string()).await?,
+        // Each lane is a task of its own, so lanes run on every core of the runtime.
+        let decoded = Arc::new(decoded);
+        let mut tasks = tokio::task::JoinSet::new();
+        for lane in lanes {
+            let (decoded, service, bus) = (decoded.clone(), self.service.clone(), self.bus.clone());
+            tasks.spawn(async move {
+                for i in lane {
+                    let (delivery, event) = &decoded[i];
+                    match service.handle(event).await {
+                        Ok(_) => {}
+                        Err(e) if e.is_transient() => return Err(e),
+                        Err(e) => dead_letter(bus.as_ref(), delivery, &e.to_string()).await?,
+                    }
                 }
-            }
-            Ok(())
-        }))
-        .await;
-        for r in results {
-            r?;
+                Ok(())
+            });
+        }
+        while let Some(result) = tasks.join_next().await {
+            result.map_err(|e| DomainError::Store(store::StoreError::Io(format!("a domain lane failed: {e}"))))??;
         }
         self.service.store().sync().await?;
         let positions: Vec<_> = batch.iter().map(|d| d.position).collect();
@@ -175,19 +179,35 @@ impl DomainWorker {
         self.report_lag(consumer).await;
         Ok(())
     }
+}
 
-    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), DomainError> {
-        emit::dead_lettered(reason, delivery.position.offset);
-        self.bus
-            .dead_letter(delivery, reason)
-            .await
-            .map_err(|e| DomainError::Store(store::StoreError::Unavailable(format!("dead-letter write: {e}"))))
+async fn dead_letter(bus: &dyn Bus, delivery: &Delivery, reason: &str) -> Result<(), DomainError> {
+    emit::dead_lettered(reason, delivery.position.offset);
+    bus.dead_letter(delivery, reason)
+        .await
+        .map_err(|e| DomainError::Store(store::StoreError::Unavailable(format!("dead-letter write: {e}"))))
+}
+
+/// What puts two events in one lane. Phones are keyed on their last eight digits, not
+/// parsed (parsing is the costliest step of the domain): two spellings of one number
+/// always share a lane, and a rare collision only serialises two unrelated events.
+fn lane_key(raw: &proto::inbound::RawIdentifier, region: phonenumber::country::Id) -> Option<String> {
+    if raw.kind.trim().eq_ignore_ascii_case("phone") {
+        let digits: Vec<char> = proto::normalize::nfkc(&raw.value)
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
+        let tail: String = digits[digits.len().saturating_sub(8)..].iter().collect();
+        return (!tail.is_empty()).then(|| format!("phone-tail:{tail}"));
     }
+    crate::identity::normalise(raw, region)
+        .ok()
+        .map(|id| crate::identity::key(&id))
 }
 
 /// Splits a batch into lanes: events sharing an identifier or a name (transitively) share a
 /// lane, kept in bus order; different lanes touch different reservation streams.
-fn independent_lanes(events: &[(&Delivery, InboundEvent)], region: phonenumber::country::Id) -> Vec<Vec<usize>> {
+fn independent_lanes(events: &[(Delivery, InboundEvent)], region: phonenumber::country::Id) -> Vec<Vec<usize>> {
     let mut parent: Vec<usize> = (0..events.len()).collect();
     fn find(parent: &mut [usize], mut i: usize) -> usize {
         while parent[i] != i {
@@ -211,11 +231,7 @@ fn independent_lanes(events: &[(&Delivery, InboundEvent)], region: phonenumber::
             .map(|s| proto::normalize::nfkc(&s.name).to_lowercase())
             .filter(|n| !n.is_empty())
             .map(|n| format!("name:{n}"));
-        let keys = raws
-            .iter()
-            .filter_map(|raw| crate::identity::normalise(raw, region).ok())
-            .map(|id| crate::identity::key(&id))
-            .chain(name);
+        let keys = raws.iter().filter_map(|raw| lane_key(raw, region)).chain(name);
         for key in keys {
             match owner.entry(key) {
                 std::collections::hash_map::Entry::Occupied(o) => {
