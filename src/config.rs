@@ -89,13 +89,25 @@ pub enum StoreKind {
     Remote,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub kind: StoreKind,
     /// EventStoreDB/KurrentDB connection string (`esdb://admin:changeit@127.0.0.1:2113?tls=false`),
     /// or for `remote` the domain process's URL (`http://127.0.0.1:8081`).
     pub url: Option<String>,
+    /// Page cache of the embedded sled database (event store and views), in MiB.
+    pub cache_mb: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::default(),
+            url: None,
+            cache_mb: store::embedded::CACHE_BYTES >> 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,6 +196,13 @@ impl Config {
                 "store.kind is remote but store.url is empty: set it (or CRM__STORE__URL) to the address of the process running the domain role, e.g. http://127.0.0.1:8081"
             );
         }
+        if !(8..=65_536).contains(&self.store.cache_mb) {
+            anyhow::bail!(
+                "store.cache_mb is {}: give the sled page cache between 8 and 65536 MiB (default {})",
+                self.store.cache_mb,
+                store::embedded::CACHE_BYTES >> 20
+            );
+        }
         if self.bus.kind == BusKind::Kafka {
             self.bus
                 .kafka
@@ -220,5 +239,17 @@ mod tests {
     fn unknown_keys_are_refused_with_their_name() {
         let err = toml::from_str::<Config>("[http]\nlisten = \"127.0.0.1:1\"\nlissen = 1\n").unwrap_err();
         assert!(err.to_string().contains("lissen"), "{err}");
+    }
+
+    #[test]
+    fn a_cache_size_out_of_range_is_refused_with_the_range() {
+        let config: Config = toml::from_str("[store]\ncache_mb = 1\n").unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("store.cache_mb is 1") && err.contains("between 8 and 65536"),
+            "{err}"
+        );
+        let config: Config = toml::from_str("[store]\nkind = \"embedded\"\n").unwrap();
+        assert_eq!(config.store.cache_mb, 256, "the default applies when the key is absent");
     }
 }

@@ -67,7 +67,7 @@ fn open_local_views(config: &Config) -> anyhow::Result<sled::Db> {
     let dir = config.data_dir.join("views");
     sled::Config::new()
         .path(&dir)
-        .cache_capacity(store::embedded::CACHE_BYTES)
+        .cache_capacity(config.store.cache_mb << 20)
         .open()
         .with_context(|| format!("cannot open the view store at {}", dir.display()))
 }
@@ -81,7 +81,10 @@ impl Node {
         };
         let (store, local): (Arc<dyn EventStore>, sled::Db) = match config.store.kind {
             StoreKind::Embedded => {
-                let s = store::embedded::SledStore::open(&config.data_dir.join("store"))?;
+                let s = store::embedded::SledStore::open_with_cache(
+                    &config.data_dir.join("store"),
+                    config.store.cache_mb << 20,
+                )?;
                 let db = s.db().clone();
                 (Arc::new(s), db)
             }
