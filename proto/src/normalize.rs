@@ -22,8 +22,25 @@ pub fn nfkc(value: &str) -> String {
     value.nfkc().collect::<String>().trim().to_string()
 }
 
+/// Phones already parsed, by region and raw spelling. One web form's phone is parsed by
+/// the channel, the domain's decision and the matching index: parsing is the costliest
+/// step of all three, and the answer never changes.
+static PHONES: std::sync::LazyLock<
+    quick_cache::sync::Cache<(phonenumber::country::Id, String), Result<String, NormalizeError>>,
+> = std::sync::LazyLock::new(|| quick_cache::sync::Cache::new(100_000));
+
 /// A phone number in E.164 (`+8613800138000`), `default_region` for numbers without a country code.
 pub fn phone(value: &str, default_region: phonenumber::country::Id) -> Result<String, NormalizeError> {
+    let key = (default_region, value.to_string());
+    if let Some(known) = PHONES.get(&key) {
+        return known;
+    }
+    let parsed = parse_phone(value, default_region);
+    PHONES.insert(key, parsed.clone());
+    parsed
+}
+
+fn parse_phone(value: &str, default_region: phonenumber::country::Id) -> Result<String, NormalizeError> {
     let text = nfkc(value);
     if text.is_empty() {
         return Err(NormalizeError::Empty);
