@@ -167,9 +167,10 @@ impl SledStore {
     pub fn from_db(db: sled::Db, path: PathBuf) -> Result<Self, StoreError> {
         let names = db.tree_names();
         if names.iter().any(|n| n.as_ref() == b"log") {
-            return Err(StoreError::Corrupt(format!(
-                "{} holds an event store in the earlier four-tree layout (before the `events` tree); \
-                 this version cannot read it: rebuild it by re-importing, or use the earlier crm binary",
+            return Err(StoreError::Config(format!(
+                "{} holds an event store in the earlier four-tree layout (before the `events` tree), which this \
+                 version cannot read and does not migrate: move that data directory aside and start with a fresh \
+                 one (or keep using the crm binary that wrote it)",
                 path.display()
             )));
         }
