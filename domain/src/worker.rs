@@ -258,3 +258,38 @@ fn independent_lanes(events: &[(Delivery, InboundEvent)], region: phonenumber::c
     }
     lanes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use phonenumber::country::Id::CN;
+    use proto::inbound::RawIdentifier;
+
+    fn raw(kind: &str, value: &str) -> RawIdentifier {
+        RawIdentifier {
+            kind: kind.into(),
+            value: value.into(),
+            scope: String::new(),
+        }
+    }
+
+    #[test]
+    fn every_spelling_of_one_phone_shares_a_lane_key() {
+        let keys: Vec<_> = [
+            "138 0013 8000",
+            "+86 138-0013-8000",
+            "１３８００１３８０００",
+            "008613800138000",
+        ]
+        .iter()
+        .map(|v| lane_key(&raw("Phone", v), CN))
+        .collect();
+        assert!(keys.iter().all(|k| k.is_some() && *k == keys[0]), "{keys:?}");
+        assert_ne!(lane_key(&raw("phone", "13900139000"), CN), keys[0]);
+        assert_eq!(lane_key(&raw("phone", "no digits"), CN), None);
+        assert_eq!(
+            lane_key(&raw("email", " ZW@Example.com "), CN),
+            lane_key(&raw("email", "zw@example.com"), CN)
+        );
+    }
+}
