@@ -34,6 +34,7 @@ pub async fn run_all(store: &dyn EventStore) {
     any_revision(store).await;
     idempotent_reappend(store).await;
     partial_overlap(store).await;
+    redelivery_in_a_long_stream(store).await;
     read_stream_from_revision_with_max(store).await;
     stream_revision(store).await;
     read_all_ordering_and_after_exclusive(store).await;
@@ -332,6 +333,42 @@ pub async fn partial_overlap(store: &dyn EventStore) {
         revisions,
         (0..5).collect::<Vec<_>>(),
         "[{kind}] {stream}: revisions after partial overlap"
+    );
+}
+
+/// Redelivery is recognised anywhere in a long stream, whether the events came one per
+/// append or in a batch (a backend may keep early and late ids differently).
+pub async fn redelivery_in_a_long_stream(store: &dyn EventStore) {
+    let kind = store.kind();
+    let stream = unique_stream("long");
+    let all = events(0..40);
+    append_ok(store, &stream, ExpectedRevision::NoStream, all[..1].to_vec()).await;
+    for (i, e) in all.iter().enumerate().take(30).skip(1) {
+        append_ok(store, &stream, ExpectedRevision::Exact(i as u64 - 1), vec![e.clone()]).await;
+    }
+    append_ok(store, &stream, ExpectedRevision::Exact(29), all[30..].to_vec()).await;
+    for i in [0, 5, 15, 16, 17, 29, 30, 39] {
+        let outcome = append_ok(store, &stream, ExpectedRevision::Any, vec![all[i].clone()]).await;
+        assert_eq!(
+            (outcome.appended, outcome.last_revision),
+            (0, 39),
+            "[{kind}] redelivery of revision {i} of {stream}"
+        );
+    }
+    let fresh = event(40);
+    let mixed = vec![all[3].clone(), all[35].clone(), fresh.clone()];
+    let outcome = append_ok(store, &stream, ExpectedRevision::Exact(39), mixed).await;
+    assert_eq!(
+        (outcome.appended, outcome.last_revision),
+        (1, 40),
+        "[{kind}] old ids from both ends and one new id on {stream}"
+    );
+    let mut want = ids(&all);
+    want.push(fresh.event_id);
+    assert_eq!(
+        recorded_ids(&read_whole_stream(store, &stream).await),
+        want,
+        "[{kind}] {stream}: contents after redeliveries"
     );
 }
 

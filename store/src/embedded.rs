@@ -5,8 +5,9 @@
 //!   Sequences start at 1 and are never reused, so `after: None` means "from the start";
 //!   `GlobalPosition { commit: seq, prepare: seq }`.
 //! - `I ‖ stream ‖ 0xFF ‖ BE revision` → BE sequence: the stream index.
-//! - `H ‖ stream` → BE last revision: stream heads.
-//! - `E ‖ stream ‖ 0xFF ‖ event id (16 bytes)` → BE revision: event ids seen.
+//! - `H ‖ stream` → BE last revision ‖ the ids (16 bytes each) of the stream's first 16
+//!   events: stream heads. Most streams are short, so most ids need no key of their own.
+//! - `E ‖ stream ‖ 0xFF ‖ event id (16 bytes)` → BE revision: ids of events from revision 16 on.
 //!
 //! `0xFF` never occurs in UTF-8, so a stream's keys never interleave with a stream whose
 //! name it prefixes.
@@ -90,6 +91,9 @@ const LOG: u8 = b'L';
 const INDEX: u8 = b'I';
 const HEAD: u8 = b'H';
 const EVENT_ID: u8 = b'E';
+/// Event ids of a stream's first events are kept in its head (one key less per event:
+/// most streams are short: an identity reservation holds one or two events).
+const HEAD_IDS: u64 = 16;
 
 fn log_key(sequence: u64) -> [u8; 9] {
     let mut k = [LOG; 9];
@@ -321,53 +325,95 @@ impl Writer {
 struct Group<'t> {
     tree: &'t Tree,
     batch: sled::Batch,
-    written: HashMap<Vec<u8>, [u8; 8]>,
+    /// Heads and event-id keys written by earlier appends of the group.
+    written: HashMap<Vec<u8>, Vec<u8>>,
     sequence: u64,
     buf: Vec<u8>,
 }
 
-impl Group<'_> {
-    fn get(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
-        if let Some(v) = self.written.get(key) {
-            return Ok(Some(u64::from_be_bytes(*v)));
+/// A stream head: its last revision, and the ids of its first [`HEAD_IDS`] events (the
+/// ids of later events are `E` keys).
+struct Head {
+    revision: u64,
+    ids: Vec<u8>,
+}
+
+impl Head {
+    fn decode(bytes: &[u8]) -> Result<Head, StoreError> {
+        if bytes.len() < 8 || !(bytes.len() - 8).is_multiple_of(16) {
+            return Err(StoreError::Corrupt(format!(
+                "a stream head has {} bytes, expected 8 + 16 per event id",
+                bytes.len()
+            )));
         }
-        match self.tree.get(key)? {
-            Some(v) => decode_u64(&v, "stream head or event id").map(Some),
-            None => Ok(None),
-        }
+        Ok(Head {
+            revision: decode_u64(&bytes[..8], "stream head")?,
+            ids: bytes[8..].to_vec(),
+        })
     }
 
-    fn put(&mut self, key: Vec<u8>, value: u64) {
-        let value = value.to_be_bytes();
-        self.batch.insert(key.as_slice(), &value);
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(8 + self.ids.len());
+        v.extend_from_slice(&self.revision.to_be_bytes());
+        v.extend_from_slice(&self.ids);
+        v
+    }
+
+    fn holds(&self, id: &uuid::Uuid) -> bool {
+        self.ids.chunks_exact(16).any(|c| c == id.as_bytes())
+    }
+}
+
+impl Group<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(v) = self.written.get(key) {
+            return Ok(Some(v.clone()));
+        }
+        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.batch.insert(key.as_slice(), value.as_slice());
         self.written.insert(key, value);
+    }
+
+    /// Whether `id` is already in the stream whose head is `head`.
+    fn seen(&self, stream: &str, head: &Head, id: &uuid::Uuid) -> Result<bool, StoreError> {
+        if head.holds(id) {
+            return Ok(true);
+        }
+        if head.revision < HEAD_IDS {
+            return Ok(false);
+        }
+        Ok(self.get(&stream_key(EVENT_ID, stream, id.as_bytes()))?.is_some())
     }
 
     /// One append. Checks happen before any write, so an `Err` means it wrote nothing.
     fn append(&mut self, request: &AppendRequest, recorded_at_us: i64) -> Result<AppendOutcome, StoreError> {
         let stream = request.stream.as_str();
-        let head = self.get(&head_key(stream))?;
+        let head = self.get(&head_key(stream))?.map(|v| Head::decode(&v)).transpose()?;
         let mut fresh = Vec::with_capacity(request.events.len());
         for event in &request.events {
             // A stream without a head has no events, so no ids to look up (most appends
             // of the domain create a stream: a claim, a new customer).
-            if head.is_none()
-                || self
-                    .get(&stream_key(EVENT_ID, stream, event.event_id.as_bytes()))?
-                    .is_none()
-            {
+            let seen = match &head {
+                Some(h) => self.seen(stream, h, &event.event_id)?,
+                None => false,
+            };
+            if !seen {
                 fresh.push(event);
             }
         }
-        if let (true, Some(head)) = (fresh.is_empty(), head) {
+        let last = head.as_ref().map(|h| h.revision);
+        if let (true, Some(last)) = (fresh.is_empty(), last) {
             // Pure redelivery: every id is already there, whatever `expected` says.
             return Ok(AppendOutcome {
-                last_revision: head,
+                last_revision: last,
                 appended: 0,
                 position: None,
             });
         }
-        request.expected.check(stream, head)?;
+        request.expected.check(stream, last)?;
         if fresh.is_empty() {
             // Empty batch on a stream that does not exist: nothing to write, nothing to report.
             return Ok(AppendOutcome {
@@ -376,7 +422,11 @@ impl Group<'_> {
                 position: None,
             });
         }
-        let mut revision = head.map_or(0, |h| h + 1);
+        let mut head = head.unwrap_or(Head {
+            revision: 0,
+            ids: Vec::new(),
+        });
+        let mut revision = last.map_or(0, |h| h + 1);
         for event in &fresh {
             self.buf.clear();
             record::encode(&mut self.buf, stream, revision, recorded_at_us, event);
@@ -385,15 +435,22 @@ impl Group<'_> {
                 stream_key(INDEX, stream, &revision.to_be_bytes()),
                 &self.sequence.to_be_bytes(),
             );
-            self.put(stream_key(EVENT_ID, stream, event.event_id.as_bytes()), revision);
+            if revision < HEAD_IDS {
+                head.ids.extend_from_slice(event.event_id.as_bytes());
+            } else {
+                self.put(
+                    stream_key(EVENT_ID, stream, event.event_id.as_bytes()),
+                    revision.to_be_bytes().to_vec(),
+                );
+            }
             revision += 1;
             self.sequence += 1;
         }
-        let last_revision = revision - 1;
-        self.put(head_key(stream), last_revision);
+        head.revision = revision - 1;
+        self.put(head_key(stream), head.encode());
         let last = self.sequence - 1;
         Ok(AppendOutcome {
-            last_revision,
+            last_revision: head.revision,
             appended: fresh.len(),
             position: Some(GlobalPosition {
                 commit: last,
@@ -472,7 +529,7 @@ impl EventStore for SledStore {
 
     async fn stream_revision(&self, stream: &str) -> Result<Option<u64>, StoreError> {
         match self.inner.events.get(head_key(stream))? {
-            Some(v) => Ok(Some(decode_u64(&v, "stream head")?)),
+            Some(v) => Ok(Some(Head::decode(&v)?.revision)),
             None => Ok(None),
         }
     }
