@@ -55,7 +55,9 @@ impl DomainError {
     /// Worth retrying later (the store is down), as opposed to a problem with this event.
     pub fn is_transient(&self) -> bool {
         matches!(self, DomainError::Store(StoreError::Unavailable(_) | StoreError::Io(_)))
-            || matches!(self, DomainError::Contended(_))
+            // A new customer's claims are written just before its stream: another process
+            // can see the claim in between. Later the stream is there.
+            || matches!(self, DomainError::Contended(_) | DomainError::DanglingClaim { .. })
     }
 }
 
@@ -450,7 +452,11 @@ impl CustomerService {
             .is_some();
         let mut live: Vec<Live> = Vec::new();
         for (key, claim) in claims.iter().filter(|_| !redelivered_new) {
-            if let Some(c) = claim {
+            // A claim this very event made in an earlier attempt that stopped before the
+            // customer's stream was written: ours, not somebody else's customer.
+            if let Some(c) = claim
+                && c.customer != new_id
+            {
                 let via = identity::reservation_stream(&identifiers[key]);
                 let l = live_customer(self.store.as_ref(), &c.customer, &via).await?;
                 if !live.iter().any(|x| x.id == l.id) {
@@ -482,28 +488,13 @@ impl CustomerService {
             }
         }
 
-        let mut created = false;
         let mut review = None;
+        // A new customer's stream is written once, after its claims: registration,
+        // identifiers and activity in one append.
+        let creating = live.is_empty();
         let customer_id = match live.first() {
             Some(l) => l.id.clone(),
-            None => {
-                let id = new_id.clone();
-                let registered = CustomerEvent::Registered(CustomerRegisteredV1 {
-                    customer_id: id.clone(),
-                    provenance: Some(provenance.clone()),
-                });
-                let out = self
-                    .store
-                    .append(
-                        &identity::customer_stream(&id),
-                        ExpectedRevision::NoStream,
-                        vec![registered.to_new(event_id(&inbound_id, "register"))],
-                    )
-                    .await?;
-                appended += out.appended;
-                created = out.appended > 0;
-                id
-            }
+            None => new_id.clone(),
         };
 
         // Several live customers share this event's identifiers: merge into the oldest,
@@ -582,6 +573,13 @@ impl CustomerService {
         .await?;
         appended += claimed.iter().map(|out| out.appended).sum::<usize>();
         let mut customer_events = Vec::new();
+        if creating {
+            let registered = CustomerEvent::Registered(CustomerRegisteredV1 {
+                customer_id: customer_id.clone(),
+                provenance: Some(provenance.clone()),
+            });
+            customer_events.push(registered.to_new(event_id(&inbound_id, "register")));
+        }
         for (key, id) in &identifiers {
             let ours = claims[key].as_ref().is_none_or(|c| c.cause == inbound_id);
             if ours {
@@ -602,15 +600,17 @@ impl CustomerService {
             raw_content_type: header.raw_content_type.clone(),
         });
         customer_events.push(activity.to_new(event_id(&inbound_id, "activity")));
+        let expected = if creating && !redelivered_new {
+            ExpectedRevision::NoStream
+        } else {
+            ExpectedRevision::StreamExists
+        };
         let out = self
             .store
-            .append(
-                &identity::customer_stream(&customer_id),
-                ExpectedRevision::StreamExists,
-                customer_events,
-            )
+            .append(&identity::customer_stream(&customer_id), expected, customer_events)
             .await?;
         appended += out.appended;
+        let created = creating && out.appended > 0 && !redelivered_new;
 
         // The new customer's own stream is complete (so a split can give it all back);
         // now the probabilistic decision.

@@ -280,13 +280,13 @@ mod rules {
         given(vec![])
             .when(form("e1", &["phone=138 0013 8000", "email=ZW@Example.com"]))
             .then_expect(expect![[r#"
-            C1: CustomerRegisteredV1
-            identity: IdentifierClaimedV1 email:zw@example.com by C1
-            identity: IdentifierClaimedV1 phone:+8613800138000 by C1
-            C1: IdentifierAttachedV1 email:zw@example.com
-            C1: IdentifierAttachedV1 phone:+8613800138000
-            C1: ActivityRecordedV1
-        "#]]);
+                identity: IdentifierClaimedV1 email:zw@example.com by C1
+                identity: IdentifierClaimedV1 phone:+8613800138000 by C1
+                C1: CustomerRegisteredV1
+                C1: IdentifierAttachedV1 email:zw@example.com
+                C1: IdentifierAttachedV1 phone:+8613800138000
+                C1: ActivityRecordedV1
+            "#]]);
     }
 
     #[test]
@@ -341,8 +341,8 @@ mod rules {
         given(vec![form("e1", &["wechat_openid=oX@wx1"])])
             .when(form("e2", &["wechat_openid=oX@wx2"]))
             .then_expect(expect![[r#"
-                C2: CustomerRegisteredV1
                 identity: IdentifierClaimedV1 wechat_openid:oX@wx2 by C2
+                C2: CustomerRegisteredV1
                 C2: IdentifierAttachedV1 wechat_openid:oX@wx2
                 C2: ActivityRecordedV1
             "#]]);
@@ -376,8 +376,8 @@ mod matching_rules {
         given(vec![zhang("e1", &["phone=13800138000"])])
             .when(zhang("e2", &["email=zw@example.com"]))
             .then_expect(expect![[r#"
-                C2: CustomerRegisteredV1
                 identity: IdentifierClaimedV1 email:zw@example.com by C2
+                C2: CustomerRegisteredV1
                 C2: IdentifierAttachedV1 email:zw@example.com
                 C2: ActivityRecordedV1
                 C1: CustomersMergedV1 absorbed C2 (probabilistic p=1.00 by live matching)
@@ -390,8 +390,8 @@ mod matching_rules {
         given(vec![zhang("e1", &["phone=13800138000"])])
             .when(person("e2", "张伟", ADDRESS, "", &["email=zw@example.com"]))
             .then_expect(expect![[r#"
-                C2: CustomerRegisteredV1
                 identity: IdentifierClaimedV1 email:zw@example.com by C2
+                C2: CustomerRegisteredV1
                 C2: IdentifierAttachedV1 email:zw@example.com
                 C2: ActivityRecordedV1
                 review: MatchReviewRequestedV1 C2 ~ C1 (review_band, p=0.57)
@@ -403,8 +403,8 @@ mod matching_rules {
         given(vec![zhang("e1", &["phone=13800138000"])])
             .when(person("e2", "张伟", "", "", &["phone=13800138001"]))
             .then_expect(expect![[r#"
-                C2: CustomerRegisteredV1
                 identity: IdentifierClaimedV1 phone:+8613800138001 by C2
+                C2: CustomerRegisteredV1
                 C2: IdentifierAttachedV1 phone:+8613800138001
                 C2: ActivityRecordedV1
                 C1: CustomersMergedV1 absorbed C2 (probabilistic p=0.94 by live matching)
@@ -423,8 +423,8 @@ mod matching_rules {
                 &["email=ln@example.com"],
             ))
             .then_expect(expect![[r#"
-                C2: CustomerRegisteredV1
                 identity: IdentifierClaimedV1 email:ln@example.com by C2
+                C2: CustomerRegisteredV1
                 C2: IdentifierAttachedV1 email:ln@example.com
                 C2: ActivityRecordedV1
             "#]]);
@@ -487,8 +487,8 @@ mod matching_rules {
         ])
         .then_expect(expect![[r#"
             identity: IdentifierMarkedSharedV1 phone:+8613800138000 (3 customers > 2)
-            C2: CustomerRegisteredV1
             identity: IdentifierClaimedV1 email:c@shop.com by C2
+            C2: CustomerRegisteredV1
             C2: IdentifierAttachedV1 email:c@shop.com
             C2: ActivityRecordedV1
             C3: CustomerRegisteredV1
@@ -568,5 +568,94 @@ mod matching_rules {
         .then_expect(expect![[r#"
             (nothing appended)
         "#]]);
+    }
+}
+
+/// The crash window of a new customer: its claims are written, then the process stops
+/// before the customer's own stream is. The redelivered event must finish the job.
+mod crash_after_claims {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use futures::stream::BoxStream;
+    use store::{AppendOutcome, ExpectedRevision, GlobalPosition, NewEvent, RecordedEvent, StoreError};
+
+    use super::*;
+
+    /// The embedded store, except that the first append to a customer stream fails
+    /// as if the process had died right before it.
+    struct DiesBeforeCustomerStream {
+        inner: SledStore,
+        died: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl EventStore for DiesBeforeCustomerStream {
+        async fn append(
+            &self,
+            stream: &str,
+            expected: ExpectedRevision,
+            events: Vec<NewEvent>,
+        ) -> Result<AppendOutcome, StoreError> {
+            if stream.starts_with("customer-") && !self.died.swap(true, Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("the process died".into()));
+            }
+            self.inner.append(stream, expected, events).await
+        }
+        async fn read_stream(&self, stream: &str, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.inner.read_stream(stream, from, max).await
+        }
+        async fn stream_revision(&self, stream: &str) -> Result<Option<u64>, StoreError> {
+            self.inner.stream_revision(stream).await
+        }
+        async fn read_all(&self, after: Option<GlobalPosition>, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.inner.read_all(after, max).await
+        }
+        fn subscribe_all(
+            &self,
+            after: Option<GlobalPosition>,
+        ) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
+            self.inner.subscribe_all(after)
+        }
+        async fn sync(&self) -> Result<(), StoreError> {
+            self.inner.sync().await
+        }
+        fn kind(&self) -> &'static str {
+            "embedded (dies once)"
+        }
+    }
+
+    #[tokio::test]
+    async fn a_redelivery_finishes_a_new_customer_whose_claims_were_already_written() {
+        let store: Arc<dyn EventStore> = Arc::new(DiesBeforeCustomerStream {
+            inner: SledStore::temporary().unwrap(),
+            died: AtomicBool::new(false),
+        });
+        let service = CustomerService::new(store.clone(), DomainConfig::default());
+        let event = form("e1", &["phone=13800138000", "email=zw@example.com"]);
+        let err = service.handle(&event).await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        let types = |log: &[RecordedEvent]| log.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            types(&store.read_all(None, usize::MAX).await.unwrap()),
+            ["IdentifierClaimedV1", "IdentifierClaimedV1"],
+            "the claims are written, the customer stream is not"
+        );
+
+        // Redelivered: the claims are recognised as this event's own, not a dangling owner.
+        let resolution = service.handle(&event).await.unwrap();
+        assert!(resolution.created);
+        let log = store.read_all(None, usize::MAX).await.unwrap();
+        assert_eq!(
+            types(&log)[2..],
+            [
+                "CustomerRegisteredV1",
+                "IdentifierAttachedV1",
+                "IdentifierAttachedV1",
+                "ActivityRecordedV1"
+            ]
+        );
+        assert_eq!(log[2].stream, format!("customer-{}", resolution.customer_id));
+        // And once more: nothing.
+        assert_eq!(service.handle(&event).await.unwrap().appended, 0);
     }
 }
