@@ -294,6 +294,12 @@ impl CustomerService {
     /// Brings the matching state up to the store's tip and returns it locked.
     pub async fn matching_state(&self) -> Result<tokio::sync::MutexGuard<'_, MatchState>, DomainError> {
         let mut state = self.matching.lock().await;
+        // Nothing appended since the last catch-up: no read (most calls, under load).
+        if let Some(tip) = self.store.last_position()
+            && state.position().is_some_and(|p| p >= tip)
+        {
+            return Ok(state);
+        }
         loop {
             let events = self.store.read_all(state.position(), 10_000).await?;
             if events.is_empty() {

@@ -146,6 +146,7 @@ impl SledStore {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| {
                 StoreError::Io(format!(
@@ -554,6 +555,14 @@ impl EventStore for SledStore {
         self.inner.db.flush_async().await.map_err(io("flush (fsync) the log"))?;
         self.inner.durable.fetch_max(tip, std::sync::atomic::Ordering::AcqRel);
         Ok(())
+    }
+
+    fn last_position(&self) -> Option<GlobalPosition> {
+        let seq = *self.inner.tip.borrow();
+        (seq > 0).then_some(GlobalPosition {
+            commit: seq,
+            prepare: seq,
+        })
     }
 
     fn durable_position(&self) -> Option<GlobalPosition> {

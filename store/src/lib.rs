@@ -150,4 +150,11 @@ pub trait EventStore: Send + Sync + 'static {
     fn durable_position(&self) -> Option<GlobalPosition> {
         None
     }
+
+    /// The position of the last event appended in this process's view of the store, when
+    /// knowing it costs nothing (embedded: the writer's tip). Lets a follower skip a read
+    /// that would find nothing new. `None`: unknown, read to find out.
+    fn last_position(&self) -> Option<GlobalPosition> {
+        None
+    }
 }

@@ -240,3 +240,20 @@ async fn a_data_dir_in_the_earlier_layout_is_refused_with_what_to_do() {
     assert!(err.contains("earlier four-tree layout"), "{err}");
     assert!(err.contains(&dir.path().display().to_string()), "{err}");
 }
+
+#[tokio::test]
+async fn last_position_is_the_tip_of_the_log() {
+    let store = SledStore::temporary().unwrap();
+    assert_eq!(store.last_position(), None, "an empty store has no tip");
+    let out = store
+        .append(
+            &unique_stream("tip"),
+            ExpectedRevision::NoStream,
+            vec![event(1), event(2)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.last_position(), out.position);
+    let all = store.read_all(None, usize::MAX).await.unwrap();
+    assert_eq!(store.last_position(), all.last().map(|e| e.position));
+}
