@@ -27,7 +27,7 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
-            batch: 1024,
+            batch: 2048,
             poll_wait: Duration::from_millis(200),
         }
     }
