@@ -219,16 +219,9 @@ impl ViewStore {
             .take(limit)
         {
             let (k, v) = item?;
-            out.push(serde_json::from_slice(&v).map_err(|source| ProjectionError::BadView {
-                key: String::from_utf8_lossy(&k).into_owned(),
-                source,
-            })?);
+            out.push(json(&k, &v)?);
         }
         Ok(out)
-    }
-
-    fn json<T: serde::de::DeserializeOwned>(&self, key: &[u8], v: &[u8]) -> Result<T, ProjectionError> {
-        json(key, v)
     }
 
     /// Merges and splits that involved any of `ids`, oldest first (each once).
@@ -237,7 +230,7 @@ impl ViewStore {
         for id in ids {
             for item in self.tree.scan_prefix(history_prefix(id)) {
                 let (k, v) = item?;
-                let entry: MergeHistoryEntry = self.json(&k, &v)?;
+                let entry: MergeHistoryEntry = json(&k, &v)?;
                 out.entry(entry.position).or_insert(entry);
             }
         }
@@ -248,7 +241,7 @@ impl ViewStore {
     pub fn review(&self, id: &str) -> Result<Option<MatchReviewEntry>, ProjectionError> {
         let key = review_key(id);
         match self.tree.get(&key)? {
-            Some(v) => Ok(Some(self.json(&key, &v)?)),
+            Some(v) => Ok(Some(json(&key, &v)?)),
             None => Ok(None),
         }
     }
@@ -294,7 +287,7 @@ impl ViewStore {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(b"s/").take(limit) {
             let (k, v) = item?;
-            out.push(self.json(&k, &v)?);
+            out.push(json(&k, &v)?);
         }
         Ok(out)
     }
