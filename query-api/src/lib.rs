@@ -377,17 +377,15 @@ impl CustomerQuery {
             None,
             |after: Option<String>, _before: Option<String>, first, _last| async move {
                 let limit = first.unwrap_or(20).min(500);
+                // Count before listing, as `matchReviews` does: a customer counted here is
+                // then certainly on the page read after it.
+                let total_count = api.views.count() as u64;
                 let ids = api
                     .views
                     .customer_ids(after.as_deref(), channel.as_deref(), limit + 1)?;
                 let has_next = ids.len() > limit;
-                let mut conn = Connection::with_additional_fields(
-                    after.is_some(),
-                    has_next,
-                    CustomersInfo {
-                        total_count: api.views.count() as u64,
-                    },
-                );
+                let mut conn =
+                    Connection::with_additional_fields(after.is_some(), has_next, CustomersInfo { total_count });
                 for id in ids.into_iter().take(limit) {
                     if let Some(v) = api.views.customer(&id)? {
                         conn.edges.push(Edge::new(id, Customer(v)));
