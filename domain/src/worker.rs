@@ -188,18 +188,10 @@ async fn dead_letter(bus: &dyn Bus, delivery: &Delivery, reason: &str) -> Result
         .map_err(|e| DomainError::Store(store::StoreError::Unavailable(format!("dead-letter write: {e}"))))
 }
 
-/// What puts two events in one lane. Phones are keyed on their last eight digits, not
-/// parsed (parsing is the costliest step of the domain): two spellings of one number
-/// always share a lane, and a rare collision only serialises two unrelated events.
+/// What puts two events in one lane: the identifier's normalised key, so two spellings of
+/// one number share a lane. (Parsing costs nothing here: `normalize::phone` remembers what
+/// the channel already parsed.)
 fn lane_key(raw: &proto::inbound::RawIdentifier, region: phonenumber::country::Id) -> Option<String> {
-    if raw.kind.trim().eq_ignore_ascii_case("phone") {
-        let digits: Vec<char> = proto::normalize::nfkc(&raw.value)
-            .chars()
-            .filter(char::is_ascii_digit)
-            .collect();
-        let tail: String = digits[digits.len().saturating_sub(8)..].iter().collect();
-        return (!tail.is_empty()).then(|| format!("phone-tail:{tail}"));
-    }
     crate::identity::normalise(raw, region)
         .ok()
         .map(|id| crate::identity::key(&id))
