@@ -552,7 +552,14 @@ impl EventStore for SledStore {
 
     async fn sync(&self) -> Result<(), StoreError> {
         let tip = *self.inner.tip.borrow();
-        self.inner.db.flush_async().await.map_err(io("flush (fsync) the log"))?;
+        // Not sled's `flush_async`: its pool task still holds the database for a moment
+        // after the future resolves, so dropping the store right after a sync could leave
+        // the directory locked and a reopen fail. A blocking task drops its clone first.
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Io(format!("embedded event store: the flush task failed: {e}")))?
+            .map_err(io("flush (fsync) the log"))?;
         self.inner.durable.fetch_max(tip, std::sync::atomic::Ordering::AcqRel);
         Ok(())
     }
