@@ -102,9 +102,11 @@ async fn forms_merge_into_one_customer_survive_kill9_and_replay_equal() {
 
     let fang = server
         .eventually(&customer_query("phone", "18600001234"), |d| {
+            // The merge is written before the merging form's own activity: wait for both.
             d["customerByIdentifier"]["mergedFrom"]
                 .as_array()
                 .is_some_and(|m| m.len() == 1)
+                && d["customerByIdentifier"]["timeline"]["totalCount"] == 3
         })
         .await;
     let fang = &fang["customerByIdentifier"];
