@@ -33,6 +33,10 @@ pub struct ImportBench {
     dup_rate: f64,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Import into this data directory and keep it (to inspect or `crm replay` afterwards);
+    /// by default a temporary one that is deleted.
+    #[arg(long)]
+    keep: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -77,7 +81,7 @@ async fn import(b: &ImportBench, mut config: Config) -> anyhow::Result<()> {
         b.dup_rate * 100.0,
         generated.elapsed().as_secs_f64()
     );
-    config.data_dir = dir.path().join("data");
+    config.data_dir = b.keep.clone().unwrap_or_else(|| dir.path().join("data"));
     let started = Instant::now();
     let mut options = ingest::import::ImportOptions::new(&file);
     options.template = Some("trade-show".into());

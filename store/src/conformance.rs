@@ -376,13 +376,22 @@ pub async fn redelivery_in_a_long_stream(store: &dyn EventStore) {
 pub async fn read_stream_from_revision_with_max(store: &dyn EventStore) {
     let kind = store.kind();
     let stream = unique_stream("read");
-    let batch = events(0..10);
-    append_ok(store, &stream, ExpectedRevision::NoStream, batch.clone()).await;
+    // 40 events in two appends, the second one crossing revision 16 (where the embedded
+    // store stops keeping revisions in the stream head).
+    let batch = events(0..40);
+    append_ok(store, &stream, ExpectedRevision::NoStream, batch[..10].to_vec()).await;
+    append_ok(store, &stream, ExpectedRevision::Exact(9), batch[10..].to_vec()).await;
     for (from, max, want) in [
         (0u64, 3usize, 0u32..3u32),
         (4, 3, 4..7),
-        (8, 5, 8..10),
-        (10, 5, 10..10),
+        (8, 5, 8..13),
+        (14, 5, 14..19),
+        (16, 2, 16..18),
+        (0, 100, 0..40),
+        (30, 100, 30..40),
+        (39, 1, 39..40),
+        (40, 5, 40..40),
+        (99, 5, 99..99),
         (3, 0, 3..3),
     ] {
         let read = match store.read_stream(&stream, from, max).await {

@@ -1,13 +1,17 @@
 //! The embedded event store on sled: the default backend for single-node deployments.
 //!
-//! Layout (one sled tree, `events`, four key spaces told apart by their first byte):
+//! Layout (one sled tree, `events`, key spaces told apart by their first byte):
 //! - `L ‖ BE u64 sequence` → encoded record ([`record`]): the global log.
 //!   Sequences start at 1 and are never reused, so `after: None` means "from the start";
 //!   `GlobalPosition { commit: seq, prepare: seq }`.
-//! - `I ‖ stream ‖ 0xFF ‖ BE revision` → BE sequence: the stream index.
-//! - `H ‖ stream` → BE last revision ‖ the ids (16 bytes each) of the stream's first 16
-//!   events: stream heads. Most streams are short, so most ids need no key of their own.
+//! - `H ‖ stream` → BE last revision ‖ (event id (16 bytes) ‖ BE sequence) of each of the
+//!   stream's first 16 events: stream heads. Most streams are short (an identity
+//!   reservation holds one or two events, most customers a handful), so most events need
+//!   no key besides their log entry: one head write per append instead of two keys per event.
+//! - `I ‖ stream ‖ 0xFF ‖ BE revision` → BE sequence: the stream index from revision 16 on.
 //! - `E ‖ stream ‖ 0xFF ‖ event id (16 bytes)` → BE revision: ids of events from revision 16 on.
+//! - `M ‖ "format"` → layout version ([`FORMAT`]); a data directory without it (or with
+//!   another) is refused at open, with what to do.
 //!
 //! `0xFF` never occurs in UTF-8, so a stream's keys never interleave with a stream whose
 //! name it prefixes.
@@ -91,9 +95,20 @@ const LOG: u8 = b'L';
 const INDEX: u8 = b'I';
 const HEAD: u8 = b'H';
 const EVENT_ID: u8 = b'E';
-/// Event ids of a stream's first events are kept in its head (one key less per event:
-/// most streams are short: an identity reservation holds one or two events).
+const META: u8 = b'M';
+/// Ids and sequences of a stream's first events are kept in its head (two keys less per
+/// event: most streams are short: an identity reservation holds one or two events).
 const HEAD_IDS: u64 = 16;
+/// Bytes per event in a stream head: event id + BE sequence.
+const HEAD_ENTRY: usize = 16 + 8;
+/// Version of this key layout, kept under [`format_key`].
+const FORMAT: u64 = 2;
+
+fn format_key() -> Vec<u8> {
+    let mut k = vec![META];
+    k.extend_from_slice(b"format");
+    k
+}
 
 fn log_key(sequence: u64) -> [u8; 9] {
     let mut k = [LOG; 9];
@@ -182,6 +197,7 @@ impl SledStore {
         let events = db
             .open_tree("events")
             .map_err(|e| StoreError::Io(format!("cannot open tree events in {}: {e}", path.display())))?;
+        check_format(&events, &path)?;
         let last = match events
             .scan_prefix([LOG])
             .next_back()
@@ -223,6 +239,32 @@ impl SledStore {
     /// Sequence of the last event in the global log (0 when empty).
     pub fn last_sequence(&self) -> u64 {
         *self.inner.tip.borrow()
+    }
+}
+
+/// Refuses a tree written in another key layout; marks an empty one with this layout.
+fn check_format(events: &Tree, path: &Path) -> Result<(), StoreError> {
+    let found = events
+        .get(format_key())
+        .map_err(io("read the layout version"))?
+        .map(|v| decode_u64(&v, "layout version"))
+        .transpose()?;
+    match found {
+        Some(FORMAT) => Ok(()),
+        None if events.is_empty() => {
+            events
+                .insert(format_key(), &FORMAT.to_be_bytes())
+                .map_err(io("write the layout version"))?;
+            Ok(())
+        }
+        other => Err(StoreError::Config(format!(
+            "{} holds an event store in layout version {} but this version of crm reads layout {FORMAT} \
+             (stream heads keep the positions of their first events) and does not migrate: move that data \
+             directory aside and start with a fresh one, or rebuild it by importing its sources again \
+             (or keep using the crm binary that wrote it)",
+            path.display(),
+            other.map_or_else(|| "1".to_string(), |v| v.to_string())
+        ))),
     }
 }
 
@@ -332,36 +374,54 @@ struct Group<'t> {
     buf: Vec<u8>,
 }
 
-/// A stream head: its last revision, and the ids of its first [`HEAD_IDS`] events (the
-/// ids of later events are `E` keys).
+/// A stream head: its last revision, and the id and log sequence of each of its first
+/// [`HEAD_IDS`] events (later events have `I` and `E` keys).
 struct Head {
     revision: u64,
-    ids: Vec<u8>,
+    /// [`HEAD_ENTRY`] bytes per event: id ‖ BE sequence.
+    entries: Vec<u8>,
 }
 
 impl Head {
     fn decode(bytes: &[u8]) -> Result<Head, StoreError> {
-        if bytes.len() < 8 || !(bytes.len() - 8).is_multiple_of(16) {
+        if bytes.len() < 8 || !(bytes.len() - 8).is_multiple_of(HEAD_ENTRY) {
             return Err(StoreError::Corrupt(format!(
-                "a stream head has {} bytes, expected 8 + 16 per event id",
+                "a stream head has {} bytes, expected 8 + {HEAD_ENTRY} per event",
                 bytes.len()
             )));
         }
         Ok(Head {
             revision: decode_u64(&bytes[..8], "stream head")?,
-            ids: bytes[8..].to_vec(),
+            entries: bytes[8..].to_vec(),
         })
     }
 
     fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(8 + self.ids.len());
+        let mut v = Vec::with_capacity(8 + self.entries.len());
         v.extend_from_slice(&self.revision.to_be_bytes());
-        v.extend_from_slice(&self.ids);
+        v.extend_from_slice(&self.entries);
         v
     }
 
+    fn push(&mut self, id: &uuid::Uuid, sequence: u64) {
+        self.entries.extend_from_slice(id.as_bytes());
+        self.entries.extend_from_slice(&sequence.to_be_bytes());
+    }
+
     fn holds(&self, id: &uuid::Uuid) -> bool {
-        self.ids.chunks_exact(16).any(|c| c == id.as_bytes())
+        self.entries.chunks_exact(HEAD_ENTRY).any(|c| &c[..16] == id.as_bytes())
+    }
+
+    /// Log sequences of the head's events from revision `from` on.
+    fn sequences(&self, from: u64) -> impl Iterator<Item = u64> + '_ {
+        self.entries
+            .chunks_exact(HEAD_ENTRY)
+            .skip(usize::try_from(from).unwrap_or(usize::MAX))
+            .map(|c| {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(&c[16..]);
+                u64::from_be_bytes(a)
+            })
     }
 }
 
@@ -425,20 +485,20 @@ impl Group<'_> {
         }
         let mut head = head.unwrap_or(Head {
             revision: 0,
-            ids: Vec::new(),
+            entries: Vec::new(),
         });
         let mut revision = last.map_or(0, |h| h + 1);
         for event in &fresh {
             self.buf.clear();
             record::encode(&mut self.buf, stream, revision, recorded_at_us, event);
             self.batch.insert(&log_key(self.sequence), self.buf.as_slice());
-            self.batch.insert(
-                stream_key(INDEX, stream, &revision.to_be_bytes()),
-                &self.sequence.to_be_bytes(),
-            );
             if revision < HEAD_IDS {
-                head.ids.extend_from_slice(event.event_id.as_bytes());
+                head.push(&event.event_id, self.sequence);
             } else {
+                self.batch.insert(
+                    stream_key(INDEX, stream, &revision.to_be_bytes()),
+                    &self.sequence.to_be_bytes(),
+                );
                 self.put(
                     stream_key(EVENT_ID, stream, event.event_id.as_bytes()),
                     revision.to_be_bytes().to_vec(),
@@ -474,12 +534,22 @@ impl Inner {
     }
 
     fn read_stream_blocking(&self, stream: &str, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        let start = stream_key(INDEX, stream, &from.to_be_bytes());
-        let end = stream_key(INDEX, stream, &u64::MAX.to_be_bytes());
-        let mut out = Vec::new();
-        for item in self.events.range(start..=end).take(max) {
-            let (_, seq) = item.map_err(io("read the stream index"))?;
-            let sequence = decode_u64(&seq, "stream index value")?;
+        let Some(head) = self.events.get(head_key(stream))? else {
+            return Ok(Vec::new());
+        };
+        let head = Head::decode(&head)?;
+        // The first events' sequences are in the head, later ones in the stream index.
+        let mut sequences: Vec<u64> = head.sequences(from).take(max).collect();
+        if sequences.len() < max && head.revision >= HEAD_IDS {
+            let start = stream_key(INDEX, stream, &from.max(HEAD_IDS).to_be_bytes());
+            let end = stream_key(INDEX, stream, &u64::MAX.to_be_bytes());
+            for item in self.events.range(start..=end).take(max - sequences.len()) {
+                let (_, seq) = item.map_err(io("read the stream index"))?;
+                sequences.push(decode_u64(&seq, "stream index value")?);
+            }
+        }
+        let mut out = Vec::with_capacity(sequences.len());
+        for sequence in sequences {
             let value: IVec = self.events.get(log_key(sequence))?.ok_or_else(|| {
                 StoreError::Corrupt(format!(
                     "stream {stream} points at log sequence {sequence}, which is missing"

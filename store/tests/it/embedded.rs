@@ -242,6 +242,29 @@ async fn a_data_dir_in_the_earlier_layout_is_refused_with_what_to_do() {
 }
 
 #[tokio::test]
+async fn a_data_dir_in_layout_1_is_refused_with_what_to_do() {
+    // Layout 1: the same `events` tree, but no layout version and a stream index key per event.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let mut log_key = vec![b'L'];
+        log_key.extend_from_slice(&1u64.to_be_bytes());
+        db.open_tree("events")
+            .unwrap()
+            .insert(log_key, b"x".as_slice())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let err = SledStore::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("layout version 1"), "{err}");
+    assert!(err.contains("move that data directory aside"), "{err}");
+    // A fresh directory is marked with the current layout and opens again.
+    let fresh = tempfile::tempdir().unwrap();
+    drop(open(fresh.path()));
+    drop(open(fresh.path()));
+}
+
+#[tokio::test]
 async fn last_position_is_the_tip_of_the_log() {
     let store = SledStore::temporary().unwrap();
     assert_eq!(store.last_position(), None, "an empty store has no tip");
