@@ -659,3 +659,115 @@ mod crash_after_claims {
         assert_eq!(service.handle(&event).await.unwrap().appended, 0);
     }
 }
+
+/// The worker commits a batch's bus offsets only after the store made its appends
+/// durable, and handles the next batch while that sync runs.
+mod worker_commits_after_sync {
+    use std::time::Duration;
+
+    use bus::Bus;
+    use futures::stream::BoxStream;
+    use store::{AppendOutcome, ExpectedRevision, GlobalPosition, NewEvent, RecordedEvent, StoreError};
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::worker::{DomainWorker, WorkerConfig};
+
+    /// The embedded store, except that `sync` waits until the test opens the gate.
+    struct GatedSync {
+        inner: SledStore,
+        gate: watch::Receiver<bool>,
+    }
+
+    #[async_trait::async_trait]
+    impl EventStore for GatedSync {
+        async fn append(
+            &self,
+            stream: &str,
+            expected: ExpectedRevision,
+            events: Vec<NewEvent>,
+        ) -> Result<AppendOutcome, StoreError> {
+            self.inner.append(stream, expected, events).await
+        }
+        async fn read_stream(&self, stream: &str, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.inner.read_stream(stream, from, max).await
+        }
+        async fn stream_revision(&self, stream: &str) -> Result<Option<u64>, StoreError> {
+            self.inner.stream_revision(stream).await
+        }
+        async fn read_all(&self, after: Option<GlobalPosition>, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.inner.read_all(after, max).await
+        }
+        fn subscribe_all(
+            &self,
+            after: Option<GlobalPosition>,
+        ) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
+            self.inner.subscribe_all(after)
+        }
+        async fn sync(&self) -> Result<(), StoreError> {
+            let mut gate = self.gate.clone();
+            let _ = gate.wait_for(|open| *open).await;
+            self.inner.sync().await
+        }
+        fn kind(&self) -> &'static str {
+            "embedded (gated sync)"
+        }
+    }
+
+    fn activities(log: &[RecordedEvent]) -> usize {
+        log.iter().filter(|e| e.event_type == "ActivityRecordedV1").count()
+    }
+
+    #[tokio::test]
+    async fn offsets_wait_for_the_sync_and_the_next_batch_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus: Arc<dyn Bus> = Arc::new(bus::embedded::EmbeddedBus::open(dir.path()).unwrap());
+        for (i, phone) in ["13800138001", "13800138002", "13800138003"].iter().enumerate() {
+            let event = form(&format!("e{i}"), &[&format!("phone={phone}")]);
+            let record = bus::BusRecord {
+                key: event.bus_key(),
+                headers: [(bus::HEADER_SCHEMA.to_string(), event.schema().to_string())].into(),
+                payload: event.encode(),
+            };
+            bus.publish(record).await.unwrap();
+        }
+        let (open, gate) = watch::channel(false);
+        let store: Arc<dyn EventStore> = Arc::new(GatedSync {
+            inner: SledStore::temporary().unwrap(),
+            gate,
+        });
+        let service = Arc::new(CustomerService::new(store.clone(), DomainConfig::default()));
+        let config = WorkerConfig {
+            batch: 2,
+            poll_wait: Duration::from_millis(20),
+        };
+        let worker = DomainWorker::new(bus.clone(), service, config);
+        let mut backlog = worker.backlog();
+        let (stop, shutdown) = watch::channel(false);
+        let running = tokio::spawn(worker.run(shutdown));
+
+        // Both batches (2 + 1 events) are handled while the first batch's sync is held.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while activities(&store.read_all(None, usize::MAX).await.unwrap()) < 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the second batch was not handled during the first sync"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_ne!(
+            *backlog.borrow(),
+            0,
+            "offsets were committed before the store sync finished"
+        );
+
+        open.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(10), backlog.wait_for(|b| *b == 0))
+            .await
+            .expect("offsets committed once the sync finished")
+            .unwrap();
+        stop.send_replace(true);
+        running.await.unwrap().unwrap();
+    }
+}

@@ -87,6 +87,8 @@ impl DomainWorker {
             "domain worker started"
         );
         let mut backoff = Duration::from_millis(100);
+        // The batch handled last, its store sync running while the next batch is handled.
+        let mut pending: Option<Pending> = None;
         while !*shutdown.borrow() {
             let batch = tokio::select! {
                 b = consumer.poll(self.config.batch, self.config.poll_wait) => b,
@@ -101,14 +103,33 @@ impl DomainWorker {
                     continue;
                 }
             };
-            if batch.is_empty() {
-                self.report_lag(consumer.as_mut()).await;
-                continue;
-            }
-            match self.process(&batch, consumer.as_mut()).await {
+            let outcome = if batch.is_empty() {
+                // Nothing new: commit the batch in hand, if any.
+                match pending.take() {
+                    Some(p) => self.finish(p, consumer.as_mut()).await,
+                    None => {
+                        self.report_lag(consumer.as_mut()).await;
+                        Ok(())
+                    }
+                }
+            } else {
+                let started = Instant::now();
+                let handled = self.handle(&batch).await;
+                // The previous batch is committed whatever became of this one.
+                let finished = match pending.take() {
+                    Some(p) => self.finish(p, consumer.as_mut()).await,
+                    None => Ok(()),
+                };
+                let outcome = finished.and(handled);
+                if outcome.is_ok() {
+                    pending = Some(self.start_sync(&batch, started));
+                }
+                outcome
+            };
+            match outcome {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => {
-                    // Nothing of this batch is committed: it will be delivered again.
+                    // Nothing uncommitted is lost: it will be delivered again.
                     tracing::error!(error = %e, "domain batch failed; it will be retried");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -119,7 +140,39 @@ impl DomainWorker {
                 }
             }
         }
+        if let Some(p) = pending.take()
+            && let Err(e) = self.finish(p, consumer.as_mut()).await
+        {
+            tracing::warn!(error = %e, "the last domain batch was not committed; it will be delivered again");
+        }
         tracing::info!("domain worker stopped");
+        Ok(())
+    }
+
+    /// Starts making a handled batch's appends durable (the sync runs while the next batch
+    /// is handled: the store writer and the domain keep busy meanwhile).
+    fn start_sync(&self, batch: &[Delivery], started: Instant) -> Pending {
+        let store = self.service.store().clone();
+        Pending {
+            sync: tokio::spawn(async move { store.sync().await }),
+            positions: batch.iter().map(|d| d.position).collect(),
+            started,
+        }
+    }
+
+    /// Waits for a handled batch's sync, then commits its offsets: an offset is committed
+    /// only once everything its event appended is durable.
+    async fn finish(&self, pending: Pending, consumer: &mut dyn BusConsumer) -> Result<(), DomainError> {
+        pending
+            .sync
+            .await
+            .map_err(|e| DomainError::Store(store::StoreError::Io(format!("the store sync task failed: {e}"))))??;
+        consumer
+            .commit(&pending.positions)
+            .await
+            .map_err(|e| DomainError::Store(store::StoreError::Unavailable(format!("bus commit: {e}"))))?;
+        emit::batch_done(pending.positions.len(), pending.started.elapsed());
+        self.report_lag(consumer).await;
         Ok(())
     }
 
@@ -134,12 +187,12 @@ impl DomainWorker {
         }
     }
 
-    /// Handles a batch, syncs the store, then commits the offsets.
+    /// Handles a batch: its appends are acknowledged (visible) when this returns, not yet
+    /// durable ([`Self::start_sync`], [`Self::finish`]).
     ///
     /// Events whose identifiers do not overlap (directly or through other events of the
     /// batch) are independent: they are handled concurrently, each lane in bus order.
-    async fn process(&self, batch: &[Delivery], consumer: &mut dyn BusConsumer) -> Result<(), DomainError> {
-        let started = Instant::now();
+    async fn handle(&self, batch: &[Delivery]) -> Result<(), DomainError> {
         let mut decoded = Vec::with_capacity(batch.len());
         for delivery in batch {
             let schema = delivery.record.header(bus::HEADER_SCHEMA).unwrap_or_default();
@@ -169,16 +222,15 @@ impl DomainWorker {
         while let Some(result) = tasks.join_next().await {
             result.map_err(|e| DomainError::Store(store::StoreError::Io(format!("a domain lane failed: {e}"))))??;
         }
-        self.service.store().sync().await?;
-        let positions: Vec<_> = batch.iter().map(|d| d.position).collect();
-        consumer
-            .commit(&positions)
-            .await
-            .map_err(|e| DomainError::Store(store::StoreError::Unavailable(format!("bus commit: {e}"))))?;
-        emit::batch_done(batch.len(), started.elapsed());
-        self.report_lag(consumer).await;
         Ok(())
     }
+}
+
+/// A handled batch whose store sync is running; its offsets are committed after it.
+struct Pending {
+    sync: tokio::task::JoinHandle<Result<(), store::StoreError>>,
+    positions: Vec<bus::Position>,
+    started: Instant,
 }
 
 async fn dead_letter(bus: &dyn Bus, delivery: &Delivery, reason: &str) -> Result<(), DomainError> {
