@@ -218,7 +218,10 @@ pub async fn customer_figures(
 ) -> Result<(u64, u64), store::StoreError> {
     let mut new = 0u64;
     for id in &summary.event_ids {
-        let stream = domain::identity::customer_stream(&domain::service::new_customer_id(&id.to_string()));
+        let stream = domain::identity::customer_stream(&domain::service::new_customer_id(
+            &id.to_string(),
+            summary.recorded_at_us,
+        ));
         if store.stream_revision(&stream).await?.is_some() {
             new += 1;
         }

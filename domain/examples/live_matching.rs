@@ -138,7 +138,7 @@ async fn main() {
         let t = Instant::now();
         let r = service.handle(&e).await.expect("handled");
         decide.push(t.elapsed().as_secs_f64() * 1000.0);
-        merged += usize::from(r.customer_id != domain::service::new_customer_id(&format!("a{n}")));
+        merged += usize::from(r.customer_id != domain::service::new_customer_id(&format!("a{n}"), 0));
         let state = service.matching_state().await.expect("state");
         let phone = proto::customer::Identifier {
             kind: "phone".into(),

@@ -1255,7 +1255,7 @@ mod tests {
     }
 
     fn id(inbound: &str) -> String {
-        domain::service::new_customer_id(inbound)
+        domain::service::new_customer_id(inbound, 0)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

@@ -217,6 +217,10 @@ pub struct ImportSummary {
     /// customers once the domain has processed them.
     #[serde(skip)]
     pub event_ids: Vec<uuid::Uuid>,
+    /// When this run received its rows (every row's `recorded_at_us`): with an event id, it
+    /// names the customer a row would create.
+    #[serde(skip)]
+    pub recorded_at_us: i64,
     /// Customers created by these rows; filled in by the caller from the domain.
     pub new_customers: Option<u64>,
     /// Rows matched to customers that existed before; filled in by the caller from the domain.
@@ -745,6 +749,7 @@ pub async fn run(
     progress.begin(&file_name, unit, total);
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(16);
+    let recorded_at_us = proto::now_us();
     let side = ReaderSide {
         path: options.path.clone(),
         fixed,
@@ -754,7 +759,7 @@ pub async fn run(
         source: source.clone(),
         region,
         offset,
-        recorded_at_us: proto::now_us(),
+        recorded_at_us,
         tx,
         batch: Vec::with_capacity(BATCH),
         rows: 0,
@@ -800,6 +805,7 @@ pub async fn run(
             error_report: None,
             rejections: Vec::new(),
             event_ids: Vec::new(),
+            recorded_at_us,
             new_customers: None,
             matched_customers: None,
             elapsed: Duration::ZERO,
