@@ -119,17 +119,6 @@ pub fn is_empty(r: &Record) -> bool {
     Field::ALL.iter().all(|f| r.get(*f).is_none())
 }
 
-/// `base` with every field `update` has overwritten.
-pub fn overlay(base: &Record, update: &Record) -> Record {
-    let mut out = base.clone();
-    for f in Field::ALL {
-        if let Some(v) = update.get(f) {
-            out.set(f, v);
-        }
-    }
-    out
-}
-
 /// The best candidate for a record, resolved to its live customer.
 #[derive(Debug, Clone)]
 pub struct Candidate {
@@ -170,8 +159,8 @@ fn key_hash(key: &str) -> u64 {
 #[derive(Debug)]
 pub struct MatchState {
     after: Option<GlobalPosition>,
+    /// Every customer's own record (what its own activities said, later fields over earlier).
     index: LiveIndex,
-    records: HashMap<String, Record>,
     parent: HashMap<String, String>,
     children: HashMap<String, Vec<String>>,
     /// Identifier key hash → groups of companion identifiers (hashes); groups that share an
@@ -188,7 +177,6 @@ impl MatchState {
         MatchState {
             after: None,
             index,
-            records: HashMap::new(),
             parent: HashMap::new(),
             children: HashMap::new(),
             companions: HashMap::new(),
@@ -234,9 +222,7 @@ impl MatchState {
                 }
                 let update = record_of(subject, &ids.iter().collect::<Vec<_>>());
                 if !is_empty(&update) {
-                    let record = overlay(self.records.get(&a.customer_id).unwrap_or(&Record::new()), &update);
-                    self.index.insert(a.customer_id.clone(), &record);
-                    self.records.insert(a.customer_id, record);
+                    self.index.upsert(&a.customer_id, &update);
                 }
             }
             Ok(CustomerEvent::Merged(m)) => {
@@ -345,19 +331,24 @@ impl MatchState {
         n
     }
 
-    /// The own record of a customer (its own stream's activities), if any.
-    pub fn record(&self, id: &str) -> Option<&Record> {
-        self.records.get(id)
-    }
-
     /// The best-scoring live customer at or above the review threshold, other than
     /// `exclude`'s cluster.
     pub fn best_candidate(&self, record: &Record, exclude: &str) -> Option<Candidate> {
         if is_empty(record) {
             return None;
         }
+        self.best_of(self.index.score_candidates(record), exclude)
+    }
+
+    /// [`MatchState::best_candidate`] for `customer`'s own record with `update` laid over it
+    /// (an existing customer whose profile changed), other than its own cluster.
+    pub fn best_candidate_over(&self, customer: &str, update: &Record) -> Option<Candidate> {
+        self.best_of(self.index.score_candidates_over(customer, update), customer)
+    }
+
+    fn best_of(&self, scored: Vec<ScoredCandidate>, exclude: &str) -> Option<Candidate> {
         let excluded = self.root(exclude);
-        self.index.score_candidates(record).into_iter().find_map(|scored| {
+        scored.into_iter().find_map(|scored| {
             let customer_id = self.root(&scored.id);
             (customer_id != excluded).then_some(Candidate { customer_id, scored })
         })

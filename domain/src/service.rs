@@ -673,10 +673,8 @@ impl CustomerService {
         });
         if !live.is_empty() && matching.enabled && has_profile {
             let state = self.matching_state().await?;
-            let own = state.record(&customer_id).cloned().unwrap_or_default();
-            let query = matcher::overlay(&own, &record);
             let started = std::time::Instant::now();
-            let best = state.best_candidate(&query, &customer_id);
+            let best = state.best_candidate_over(&customer_id, &record);
             emit::scored(started.elapsed());
             drop(state);
             if let Some(c) = best {

@@ -4,6 +4,9 @@
 //! frequencies follow the index as records come and go.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use smallvec::SmallVec;
 
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +14,7 @@ use crate::blocking;
 use crate::compare::compare;
 use crate::model::Weights;
 use crate::record::{FIELD_COUNT, Record};
-use crate::store::{Row, Store, view_of};
+use crate::store::{PreparedRecord, Row, Store, view_of};
 use crate::{Explanation, MatchError, Model};
 
 /// What to do with a scored pair under the model's thresholds.
@@ -34,16 +37,25 @@ pub struct ScoredCandidate {
     pub explanation: Explanation,
 }
 
+/// Slots sharing one blocking key. Most keys belong to one customer: up to four slots
+/// are kept inline (no allocation), which matters at a million customers.
+type Posting = SmallVec<[u32; 4]>;
+
 /// Incremental blocking index over known customers.
+///
+/// Memory (measured through `crm bench import`): each customer costs its row (one
+/// vocabulary id per field), its id once (shared by the slot and the id map), its
+/// blocking keys (inline posting lists) and its distinct values' vocabulary entries. Raw
+/// records are not kept: an update is laid over the stored entries ([`LiveIndex::upsert`]).
 #[derive(Debug)]
 pub struct LiveIndex {
     model: Model,
     weights: Weights,
     store: Store,
-    slots: Vec<Option<(String, Row)>>,
+    slots: Vec<Option<(Arc<str>, Row)>>,
     free: Vec<u32>,
-    by_id: HashMap<String, u32>,
-    postings: HashMap<u64, Vec<u32>>,
+    by_id: HashMap<Arc<str>, u32>,
+    postings: HashMap<u64, Posting>,
     max_block_size: usize,
     max_candidates: usize,
     population_floor: usize,
@@ -108,9 +120,38 @@ impl LiveIndex {
 
     /// Adds a customer, replacing any record already stored under `id`.
     pub fn insert(&mut self, id: impl Into<String>, record: &Record) {
-        let id = id.into();
-        self.remove(&id);
+        let id: String = id.into();
         let prepared = self.store.prepare(record, &ALL_FIELDS);
+        self.put(&id, prepared);
+    }
+
+    /// Adds a customer, or lays `update` over its stored record: the fields `update` has
+    /// replace the stored ones, the others stay. Equivalent to `insert` with the overlaid raw
+    /// record (normalisation is per field), without keeping raw records.
+    pub fn upsert(&mut self, id: &str, update: &Record) {
+        let prepared = self.overlaid(Some(id), update);
+        self.put(id, prepared);
+    }
+
+    /// `update` normalised, with `base`'s stored entries for the fields it lacks.
+    fn overlaid(&self, base: Option<&str>, update: &Record) -> PreparedRecord {
+        let mut prepared = self.store.prepare(update, &ALL_FIELDS);
+        let stored = base
+            .and_then(|id| self.by_id.get(id))
+            .and_then(|&slot| self.slots[slot as usize].as_ref());
+        if let Some((_, row)) = stored {
+            for (field, entry) in prepared.iter_mut().zip(self.store.view(row)) {
+                if field.is_none() {
+                    *field = entry.cloned();
+                }
+            }
+        }
+        prepared
+    }
+
+    fn put(&mut self, id: &str, prepared: PreparedRecord) {
+        self.remove(id);
+        let id: Arc<str> = Arc::from(id);
         let row = self.store.intern(prepared);
         let slot = match self.free.pop() {
             Some(slot) => slot,
@@ -126,7 +167,7 @@ impl LiveIndex {
         for k in keys {
             self.postings.entry(k).or_default().push(slot);
         }
-        self.slots[slot as usize] = Some((id.clone(), row));
+        self.slots[slot as usize] = Some((Arc::clone(&id), row));
         self.by_id.insert(id, slot);
     }
 
@@ -142,7 +183,7 @@ impl LiveIndex {
         blocking::keys(&self.store.view(&row), &mut keys);
         for k in keys {
             if let Some(list) = self.postings.get_mut(&k) {
-                list.retain(|&s| s != slot);
+                list.retain(|s| *s != slot);
                 if list.is_empty() {
                     self.postings.remove(&k);
                 }
@@ -156,12 +197,24 @@ impl LiveIndex {
     /// Scores `record` against every customer sharing a blocking key and
     /// returns those at or above the review threshold, best first.
     pub fn score_candidates(&self, record: &Record) -> Vec<ScoredCandidate> {
-        let prepared = self.store.prepare(record, &ALL_FIELDS);
-        let query = view_of(&prepared);
+        self.score_prepared(&self.store.prepare(record, &ALL_FIELDS))
+    }
+
+    /// [`LiveIndex::score_candidates`] for `update` laid over `base`'s stored record (as
+    /// [`LiveIndex::upsert`] would store it); `update` alone when `base` is unknown.
+    pub fn score_candidates_over(&self, base: &str, update: &Record) -> Vec<ScoredCandidate> {
+        self.score_prepared(&self.overlaid(Some(base), update))
+    }
+
+    fn score_prepared(&self, prepared: &PreparedRecord) -> Vec<ScoredCandidate> {
+        if prepared.iter().all(Option::is_none) {
+            return Vec::new();
+        }
+        let query = view_of(prepared);
         let mut keys = Vec::new();
         blocking::keys(&query, &mut keys);
         // Most selective keys first, until the candidate budget is spent.
-        let mut lists: Vec<&Vec<u32>> = keys
+        let mut lists: Vec<&Posting> = keys
             .iter()
             .filter_map(|k| self.postings.get(k))
             .filter(|l| l.len() <= self.max_block_size)
@@ -197,7 +250,7 @@ impl LiveIndex {
                 };
                 let explanation = self.weights.explain(prior, &levels, &stored, &non_null);
                 Some(ScoredCandidate {
-                    id: id.clone(),
+                    id: id.to_string(),
                     match_weight: weight,
                     probability,
                     decision,

@@ -171,3 +171,68 @@ fn labelled_pairs_move_m_toward_what_reviewers_confirmed() {
     assert!(after > before + 0.5, "one_edit m {before} -> {after}");
     assert!(model.validate().is_ok());
 }
+
+/// `upsert` stores what `insert` of the overlaid raw record would, and
+/// `score_candidates_over` scores what `score_candidates` of it would: the index keeps no
+/// raw records, so the overlay happens on normalised entries.
+#[test]
+fn an_update_laid_over_a_stored_record_equals_inserting_the_overlaid_record() {
+    let base = person(&[
+        (Field::FullName, "张伟"),
+        (Field::Address1, "上海市浦东新区世纪大道100号"),
+        (Field::Phone, "+8613800138000"),
+    ]);
+    let update = person(&[(Field::Email, "zw@example.com"), (Field::Phone, "+8613900139000")]);
+    let overlaid = person(&[
+        (Field::FullName, "张伟"),
+        (Field::Address1, "上海市浦东新区世纪大道100号"),
+        (Field::Phone, "+8613900139000"),
+        (Field::Email, "zw@example.com"),
+    ]);
+    let others = [
+        (
+            "other",
+            person(&[(Field::FullName, "张伟"), (Field::Phone, "+8613900139001")]),
+        ),
+        (
+            "third",
+            person(&[(Field::FullName, "张伟"), (Field::Email, "zw@example.com")]),
+        ),
+    ];
+    let mut upserted = index_with(&others);
+    upserted.upsert("c1", &base);
+    upserted.upsert("c1", &update);
+    let mut inserted = index_with(&others);
+    inserted.insert("c1", &overlaid);
+    let probe = person(&[(Field::FullName, "张 伟"), (Field::Phone, "+8613900139000")]);
+    let render = |index: &LiveIndex, r: &Record| {
+        index
+            .score_candidates(r)
+            .iter()
+            .map(|c| format!("{} {:.6}", c.id, c.match_weight))
+            .collect::<Vec<_>>()
+    };
+    let found = render(&upserted, &probe);
+    assert!(found.iter().any(|c| c.starts_with("c1 ")), "{found:?}");
+    assert_eq!(found, render(&inserted, &probe));
+    assert_eq!(upserted.len(), 3);
+
+    // Scoring an update over a stored record: as if the overlaid record were scored.
+    let over = |index: &LiveIndex| {
+        index
+            .score_candidates_over("other", &person(&[(Field::Email, "zw@example.com")]))
+            .iter()
+            .map(|c| format!("{} {:.6}", c.id, c.match_weight))
+            .collect::<Vec<_>>()
+    };
+    let direct = render(
+        &inserted,
+        &person(&[
+            (Field::FullName, "张伟"),
+            (Field::Phone, "+8613900139001"),
+            (Field::Email, "zw@example.com"),
+        ]),
+    );
+    assert_eq!(over(&inserted), direct);
+    assert!(!direct.is_empty());
+}
