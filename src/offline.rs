@@ -182,19 +182,34 @@ pub async fn import_into_views(
     let follow = tokio::spawn(projections::worker::follow(node.store.clone(), projector, stop_rx));
 
     let mut summary = ingest::import::run(&options, node.bus.as_ref(), progress).await?;
-    eprintln!("resolving identities and building views…");
+    // The rows are on the bus; identity resolution and the views follow, with their own bar.
+    let bar = phase_bar(
+        summary.accepted,
+        "resolving identities {wide_bar} {pos}/{len} rows {rate} ETA {eta}",
+    );
     // Only a backlog reported after the last publish counts (each report is a fresh reading).
     backlog.borrow_and_update();
     loop {
         backlog.changed().await?;
-        if *backlog.borrow_and_update() == 0 {
+        let left = *backlog.borrow_and_update();
+        bar.set_position(summary.accepted.saturating_sub(u64::try_from(left).unwrap_or(0)));
+        if left == 0 {
             break;
         }
     }
+    bar.finish_and_clear();
     // Then the views: caught up when nothing in the log lies beyond their checkpoint.
-    while !node.store.read_all(node.views.checkpoint()?, 1).await?.is_empty() {
+    let tip = node.store.last_position().map_or(0, |p| p.commit);
+    let bar = phase_bar(tip, "building views {wide_bar} {pos}/{len} events {rate} ETA {eta}");
+    loop {
+        let checkpoint = node.views.checkpoint()?;
+        bar.set_position(checkpoint.map_or(0, |p| p.commit).min(tip));
+        if node.store.read_all(checkpoint, 1).await?.is_empty() {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    bar.finish_and_clear();
     let _ = stop_tx.send(true);
     domain.await??;
     follow.await??;
@@ -204,4 +219,19 @@ pub async fn import_into_views(
     summary.new_customers = Some(new);
     summary.matched_customers = Some(matched);
     Ok(summary)
+}
+
+/// A progress bar for one phase of an import after its rows are published (hidden when
+/// stderr is not a terminal).
+fn phase_bar(len: u64, template: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style.with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}/s", state.per_sec());
+            },
+        ));
+    }
+    bar
 }
