@@ -31,6 +31,9 @@ static PHONES: std::sync::LazyLock<
 
 /// A phone number in E.164 (`+8613800138000`), `default_region` for numbers without a country code.
 pub fn phone(value: &str, default_region: phonenumber::country::Id) -> Result<String, NormalizeError> {
+    if let Some(e164) = plain_cn_mobile(value, default_region) {
+        return Ok(e164);
+    }
     let key = (default_region, value.to_string());
     if let Some(known) = PHONES.get(&key) {
         return known;
@@ -38,6 +41,39 @@ pub fn phone(value: &str, default_region: phonenumber::country::Id) -> Result<St
     let parsed = parse_phone(value, default_region);
     PHONES.insert(key, parsed.clone());
     parsed
+}
+
+/// A CN mobile number in a plain shape (13x, 15x but 154, 18x; spaces, dashes and a
+/// +86/0086 prefix allowed) in E.164, without asking libphonenumber: its regex matching
+/// costs ~25 µs a number and dominated imports (a million distinct numbers also outgrow
+/// the memo). The test checks it agrees with libphonenumber on every shape it accepts.
+fn plain_cn_mobile(value: &str, region: phonenumber::country::Id) -> Option<String> {
+    let v = value.trim();
+    let v = match v.strip_prefix("+86").or_else(|| v.strip_prefix("0086")) {
+        Some(rest) => rest,
+        None if region == phonenumber::country::Id::CN => v,
+        None => return None,
+    };
+    let mut digits = [0u8; 11];
+    let mut n = 0;
+    for b in v.bytes() {
+        match b {
+            b'0'..=b'9' => {
+                *digits.get_mut(n)? = b;
+                n += 1;
+            }
+            b' ' | b'-' => {}
+            _ => return None,
+        }
+    }
+    let plain = n == 11
+        && digits[0] == b'1'
+        && match digits[1] {
+            b'3' | b'8' => true,
+            b'5' => digits[2] != b'4',
+            _ => false,
+        };
+    plain.then(|| format!("+86{}", std::str::from_utf8(&digits).unwrap_or_default()))
 }
 
 fn parse_phone(value: &str, default_region: phonenumber::country::Id) -> Result<String, NormalizeError> {
@@ -113,6 +149,39 @@ pub fn region(code: &str) -> Option<phonenumber::country::Id> {
 mod tests {
     use super::*;
     use phonenumber::country::Id::CN;
+
+    #[test]
+    fn the_mobile_fast_path_agrees_with_libphonenumber() {
+        use phonenumber::country::Id::US;
+        let mut accepted = 0;
+        for prefix in (130..=139).chain(150..=159).chain(180..=189) {
+            for rest in ["00138000", "12345678", "99999999"] {
+                for shape in [
+                    format!("{prefix}{rest}"),
+                    format!("+86 {prefix} {rest}"),
+                    format!("0086{prefix}-{rest}"),
+                    format!(" {prefix}-{rest} "),
+                ] {
+                    if let Some(fast) = plain_cn_mobile(&shape, CN) {
+                        assert_eq!(Ok(fast), parse_phone(&shape, CN), "{shape}");
+                        accepted += 1;
+                    }
+                }
+            }
+        }
+        assert!(accepted > 300, "{accepted}");
+        assert_eq!(plain_cn_mobile("138 0013 8000", CN).as_deref(), Some("+8613800138000"));
+        assert_eq!(plain_cn_mobile("138 0013 8000", US), None);
+        assert_eq!(plain_cn_mobile("+8613800138000", US).as_deref(), Some("+8613800138000"));
+        assert_eq!(plain_cn_mobile("15400138000", CN), None);
+        assert_eq!(plain_cn_mobile("1380013800", CN), None);
+        assert_eq!(plain_cn_mobile("138001380001", CN), None);
+        assert_eq!(
+            plain_cn_mobile("１３８００１３８０００", CN),
+            None,
+            "full-width: libphonenumber's path"
+        );
+    }
 
     #[test]
     fn phones_normalise_to_e164() {

@@ -190,41 +190,6 @@ fn id_text(cell: &Cell, column: &str, reading: &mut Reading) -> Option<String> {
     }
 }
 
-/// A CN mobile number in a shape that is valid without asking libphonenumber (13x, 15x
-/// but 154, 18x; spaces, dashes and a +86/0086 prefix allowed). libphonenumber's
-/// regex matching costs ~25 µs a number and dominated imports; every number this
-/// accepts is also valid for `proto::normalize::phone` (see the test).
-fn plain_cn_mobile(value: &str, region: phonenumber::country::Id) -> bool {
-    let v = value.trim();
-    let v = match v.strip_prefix("+86").or_else(|| v.strip_prefix("0086")) {
-        Some(rest) => rest,
-        None if region == phonenumber::country::Id::CN => v,
-        None => return false,
-    };
-    let mut digits = [0u8; 11];
-    let mut n = 0;
-    for b in v.bytes() {
-        match b {
-            b'0'..=b'9' => {
-                if n == digits.len() {
-                    return false;
-                }
-                digits[n] = b;
-                n += 1;
-            }
-            b' ' | b'-' => {}
-            _ => return false,
-        }
-    }
-    n == 11
-        && digits[0] == b'1'
-        && match digits[1] {
-            b'3' | b'8' => true,
-            b'5' => digits[2] != b'4',
-            _ => false,
-        }
-}
-
 fn read_phones(cell: &Cell, column: &str, ctx: &RowContext<'_>, r: &mut Reading) {
     let text = match cell {
         Cell::Number(f) => {
@@ -269,11 +234,8 @@ fn read_phones(cell: &Cell, column: &str, ctx: &RowContext<'_>, r: &mut Reading)
             }
             Ok(None) => part.to_string(),
         };
-        let valid = if plain_cn_mobile(&value, ctx.region) {
-            Ok(())
-        } else {
-            normalize::phone(&value, ctx.region).map(|_| ())
-        };
+        // Fast for plain CN mobiles (no libphonenumber), remembered for the domain otherwise.
+        let valid = normalize::phone(&value, ctx.region).map(|_| ());
         match valid {
             Ok(()) => {
                 r.subject.identifiers.push(RawIdentifier {
@@ -542,30 +504,6 @@ mod tests {
 
     fn text(s: &str) -> Cell {
         Cell::Text(s.into())
-    }
-
-    #[test]
-    fn the_mobile_fast_path_agrees_with_libphonenumber() {
-        use phonenumber::country::Id::{CN, US};
-        for prefix in (130..=139).chain(150..=159).chain(180..=189) {
-            for rest in ["00138000", "12345678", "99999999"] {
-                for shape in [
-                    format!("{prefix}{rest}"),
-                    format!("+86 {prefix} {rest}"),
-                    format!("{prefix}-{rest}"),
-                ] {
-                    if plain_cn_mobile(&shape, CN) {
-                        assert!(normalize::phone(&shape, CN).is_ok(), "{shape}");
-                    }
-                }
-            }
-        }
-        assert!(plain_cn_mobile("138 0013 8000", CN));
-        assert!(!plain_cn_mobile("138 0013 8000", US));
-        assert!(plain_cn_mobile("+8613800138000", US));
-        assert!(!plain_cn_mobile("15400138000", CN));
-        assert!(!plain_cn_mobile("1380013800", CN));
-        assert!(!plain_cn_mobile("138001380001", CN));
     }
 
     #[test]
