@@ -576,59 +576,22 @@ mod matching_rules {
 mod crash_after_claims {
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use futures::stream::BoxStream;
-    use store::{AppendOutcome, ExpectedRevision, GlobalPosition, NewEvent, RecordedEvent, StoreError};
+    use store::{RecordedEvent, StoreError};
 
+    use super::hooked::Hooked;
     use super::*;
-
-    /// The embedded store, except that the first append to a customer stream fails
-    /// as if the process had died right before it.
-    struct DiesBeforeCustomerStream {
-        inner: SledStore,
-        died: AtomicBool,
-    }
-
-    #[async_trait::async_trait]
-    impl EventStore for DiesBeforeCustomerStream {
-        async fn append(
-            &self,
-            stream: &str,
-            expected: ExpectedRevision,
-            events: Vec<NewEvent>,
-        ) -> Result<AppendOutcome, StoreError> {
-            if stream.starts_with("customer-") && !self.died.swap(true, Ordering::SeqCst) {
-                return Err(StoreError::Unavailable("the process died".into()));
-            }
-            self.inner.append(stream, expected, events).await
-        }
-        async fn read_stream(&self, stream: &str, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-            self.inner.read_stream(stream, from, max).await
-        }
-        async fn stream_revision(&self, stream: &str) -> Result<Option<u64>, StoreError> {
-            self.inner.stream_revision(stream).await
-        }
-        async fn read_all(&self, after: Option<GlobalPosition>, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-            self.inner.read_all(after, max).await
-        }
-        fn subscribe_all(
-            &self,
-            after: Option<GlobalPosition>,
-        ) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
-            self.inner.subscribe_all(after)
-        }
-        async fn sync(&self) -> Result<(), StoreError> {
-            self.inner.sync().await
-        }
-        fn kind(&self) -> &'static str {
-            "embedded (dies once)"
-        }
-    }
 
     #[tokio::test]
     async fn a_redelivery_finishes_a_new_customer_whose_claims_were_already_written() {
-        let store: Arc<dyn EventStore> = Arc::new(DiesBeforeCustomerStream {
+        // The first append to a customer stream fails as if the process had died right before it.
+        let died = AtomicBool::new(false);
+        let store: Arc<dyn EventStore> = Arc::new(Hooked {
             inner: SledStore::temporary().unwrap(),
-            died: AtomicBool::new(false),
+            before_append: Box::new(move |stream| {
+                (stream.starts_with("customer-") && !died.swap(true, Ordering::SeqCst))
+                    .then(|| StoreError::Unavailable("the process died".into()))
+            }),
+            sync_gate: None,
         });
         let service = CustomerService::new(store.clone(), DomainConfig::default());
         let event = form("e1", &["phone=13800138000", "email=zw@example.com"]);
@@ -666,53 +629,12 @@ mod worker_commits_after_sync {
     use std::time::Duration;
 
     use bus::Bus;
-    use futures::stream::BoxStream;
-    use store::{AppendOutcome, ExpectedRevision, GlobalPosition, NewEvent, RecordedEvent, StoreError};
+    use store::RecordedEvent;
     use tokio::sync::watch;
 
+    use super::hooked::Hooked;
     use super::*;
     use crate::worker::{DomainWorker, WorkerConfig};
-
-    /// The embedded store, except that `sync` waits until the test opens the gate.
-    struct GatedSync {
-        inner: SledStore,
-        gate: watch::Receiver<bool>,
-    }
-
-    #[async_trait::async_trait]
-    impl EventStore for GatedSync {
-        async fn append(
-            &self,
-            stream: &str,
-            expected: ExpectedRevision,
-            events: Vec<NewEvent>,
-        ) -> Result<AppendOutcome, StoreError> {
-            self.inner.append(stream, expected, events).await
-        }
-        async fn read_stream(&self, stream: &str, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-            self.inner.read_stream(stream, from, max).await
-        }
-        async fn stream_revision(&self, stream: &str) -> Result<Option<u64>, StoreError> {
-            self.inner.stream_revision(stream).await
-        }
-        async fn read_all(&self, after: Option<GlobalPosition>, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-            self.inner.read_all(after, max).await
-        }
-        fn subscribe_all(
-            &self,
-            after: Option<GlobalPosition>,
-        ) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
-            self.inner.subscribe_all(after)
-        }
-        async fn sync(&self) -> Result<(), StoreError> {
-            let mut gate = self.gate.clone();
-            let _ = gate.wait_for(|open| *open).await;
-            self.inner.sync().await
-        }
-        fn kind(&self) -> &'static str {
-            "embedded (gated sync)"
-        }
-    }
 
     fn activities(log: &[RecordedEvent]) -> usize {
         log.iter().filter(|e| e.event_type == "ActivityRecordedV1").count()
@@ -732,9 +654,11 @@ mod worker_commits_after_sync {
             bus.publish(record).await.unwrap();
         }
         let (open, gate) = watch::channel(false);
-        let store: Arc<dyn EventStore> = Arc::new(GatedSync {
+        // `sync` waits until the test opens the gate.
+        let store: Arc<dyn EventStore> = Arc::new(Hooked {
             inner: SledStore::temporary().unwrap(),
-            gate,
+            before_append: Box::new(|_| None),
+            sync_gate: Some(gate),
         });
         let service = Arc::new(CustomerService::new(store.clone(), DomainConfig::default()));
         let config = WorkerConfig {
@@ -769,5 +693,63 @@ mod worker_commits_after_sync {
             .unwrap();
         stop.send_replace(true);
         running.await.unwrap().unwrap();
+    }
+}
+
+/// The embedded store with hooks: an append can be made to fail, `sync` can be held.
+mod hooked {
+    use futures::stream::BoxStream;
+    use store::{AppendOutcome, ExpectedRevision, GlobalPosition, NewEvent, RecordedEvent, StoreError};
+    use tokio::sync::watch;
+
+    use super::*;
+
+    /// Called with the stream before each append; an error fails the append unwritten.
+    pub type BeforeAppend = Box<dyn Fn(&str) -> Option<StoreError> + Send + Sync>;
+
+    pub struct Hooked {
+        pub inner: SledStore,
+        pub before_append: BeforeAppend,
+        /// When set, `sync` waits until it is true.
+        pub sync_gate: Option<watch::Receiver<bool>>,
+    }
+
+    #[async_trait::async_trait]
+    impl EventStore for Hooked {
+        async fn append(
+            &self,
+            stream: &str,
+            expected: ExpectedRevision,
+            events: Vec<NewEvent>,
+        ) -> Result<AppendOutcome, StoreError> {
+            if let Some(e) = (self.before_append)(stream) {
+                return Err(e);
+            }
+            self.inner.append(stream, expected, events).await
+        }
+        async fn read_stream(&self, stream: &str, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.inner.read_stream(stream, from, max).await
+        }
+        async fn stream_revision(&self, stream: &str) -> Result<Option<u64>, StoreError> {
+            self.inner.stream_revision(stream).await
+        }
+        async fn read_all(&self, after: Option<GlobalPosition>, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.inner.read_all(after, max).await
+        }
+        fn subscribe_all(
+            &self,
+            after: Option<GlobalPosition>,
+        ) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
+            self.inner.subscribe_all(after)
+        }
+        async fn sync(&self) -> Result<(), StoreError> {
+            if let Some(gate) = &self.sync_gate {
+                let _ = gate.clone().wait_for(|open| *open).await;
+            }
+            self.inner.sync().await
+        }
+        fn kind(&self) -> &'static str {
+            "embedded (with test hooks)"
+        }
     }
 }
