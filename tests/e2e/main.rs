@@ -4,5 +4,6 @@ mod channels;
 mod deploy;
 mod harness;
 mod identity;
+mod import;
 mod kafka;
 mod spine;

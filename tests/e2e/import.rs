@@ -1,0 +1,146 @@
+//! `crm import` end to end: a CSV through the domain into the views; the summary counts
+//! new and matched customers; a re-run adds nothing; the imported customer is queryable.
+
+use crate::harness::{Server, crm};
+
+/// The value of a summary line (`  new customers       3`).
+fn figure(stdout: &str, label: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no {label:?} line in:\n{stdout}"))
+        .to_string()
+}
+
+fn import(data: &std::path::Path, file: &std::path::Path) -> String {
+    let out = crm()
+        .arg("--data-dir")
+        .arg(data)
+        .arg("import")
+        .arg(file)
+        .args(["--template", "trade-show", "--source", "2026上海展会"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "import failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Row 4 is row 2's person (the same phone written differently, a second email); row 6
+/// has no usable identifier and is rejected; the blank row is not a row.
+const VISITORS: &str = "客户名称,联系人,手机,邮箱\n\
+    甲公司,张伟,138 0013 8000,zw@example.com\n\
+    乙公司,李娜,13900139000,\n\
+    甲公司,张伟,+86 138-0013-8000,zhang.wei@example.com\n\
+    丙公司,王芳,,fang@example.com\n\
+    ,,,\n\
+    丁公司,赵六,not a phone,\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_counts_new_and_matched_customers_and_a_rerun_adds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let csv = dir.path().join("visitors.csv");
+    std::fs::write(&csv, VISITORS).unwrap();
+
+    let first = import(&data, &csv);
+    for (label, want) in [
+        ("rows read", "5"),
+        ("accepted", "4"),
+        ("already imported", "0"),
+        ("rejected", "1"),
+        ("new customers", "3"),
+        ("matched existing", "1"),
+    ] {
+        assert_eq!(figure(&first, label), want, "{label} in:\n{first}");
+    }
+
+    let again = import(&data, &csv);
+    for (label, want) in [
+        ("accepted", "0"),
+        ("already imported", "4"),
+        ("rejected", "1"),
+        ("new customers", "0"),
+        ("matched existing", "0"),
+    ] {
+        assert_eq!(figure(&again, label), want, "{label} on the re-run in:\n{again}");
+    }
+
+    // The person of rows 2 and 4 is one customer with both emails and the phone.
+    let mut server = Server::start(&data).await;
+    let q = r#"{ customerByIdentifier(kind: "email", value: "ZHANG.WEI@example.com") {
+        name identifiers { kind normalized } timeline(first: 10) { totalCount } } }"#;
+    let found = server
+        .eventually(q, |d| d["customerByIdentifier"]["timeline"]["totalCount"] == 2)
+        .await;
+    let c = &found["customerByIdentifier"];
+    assert_eq!(c["name"], "张伟");
+    let mut ids: Vec<String> = c["identifiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| format!("{}:{}", i["kind"].as_str().unwrap(), i["normalized"].as_str().unwrap()))
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            "email:zhang.wei@example.com",
+            "email:zw@example.com",
+            "phone:+8613800138000"
+        ]
+    );
+    assert!(server.stop().success());
+}
+
+/// The same file over HTTP (`POST /v1/imports`, multipart) to a running server: the job's
+/// summary in GraphQL counts the same new and matched customers once the domain is idle.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_import_job_reports_new_and_matched_customers_in_graphql() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&dir.path().join("data")).await;
+    let mut body = Vec::new();
+    body.extend_from_slice(b"--XyZ\r\nContent-Disposition: form-data; name=\"template\"\r\n\r\ntrade-show\r\n");
+    body.extend_from_slice(
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"visitors.csv\"\r\nContent-Type: text/csv\r\n\r\n",
+    );
+    body.extend_from_slice(VISITORS.as_bytes());
+    body.extend_from_slice(b"\r\n--XyZ--\r\n");
+    let response = server
+        .client
+        .post(format!("{}/v1/imports", server.url))
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let created: serde_json::Value = response.json().await.unwrap();
+    let id = created["status_url"]
+        .as_str()
+        .and_then(|u| u.rsplit('/').next())
+        .unwrap()
+        .to_string();
+    let q = format!(r#"{{ importJob(id: "{id}") {{ state accepted rejected newCustomers matchedCustomers }} }}"#);
+    let job = server
+        .eventually(&q, |d| d["importJob"]["newCustomers"].is_number())
+        .await;
+    let job = &job["importJob"];
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(
+        (
+            &job["accepted"],
+            &job["rejected"],
+            &job["newCustomers"],
+            &job["matchedCustomers"]
+        ),
+        (&4.into(), &1.into(), &3.into(), &1.into()),
+        "{job}"
+    );
+    assert!(server.stop().success());
+}
