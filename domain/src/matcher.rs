@@ -20,6 +20,7 @@ use matching::{Decision, Field, LiveIndex, Model, Record, ScoredCandidate, Thres
 use proto::customer::Identifier;
 use proto::inbound::SubjectData;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use store::{GlobalPosition, RecordedEvent};
 
 use crate::events::CustomerEvent;
@@ -155,6 +156,11 @@ fn key_hash(key: &str) -> u64 {
     h
 }
 
+/// Companion identifiers (key hashes) seen together with one identifier.
+type Group = SmallVec<[u64; 2]>;
+/// Groups of companions; groups that share an identifier are one customer.
+type Groups = SmallVec<[Group; 1]>;
+
 /// The in-memory projection (see the module docs).
 #[derive(Debug)]
 pub struct MatchState {
@@ -165,7 +171,9 @@ pub struct MatchState {
     children: HashMap<String, Vec<String>>,
     /// Identifier key hash → groups of companion identifiers (hashes); groups that share an
     /// identifier are one customer.
-    companions: HashMap<u64, Vec<Vec<u64>>>,
+    /// Inline for the common case (one group of one or two companions: a phone seen with one
+    /// email): no allocation per identifier at a million customers.
+    companions: HashMap<u64, Groups>,
     shared: HashSet<String>,
     region: phonenumber::country::Id,
     shared_limit: usize,
@@ -262,7 +270,7 @@ impl MatchState {
             return;
         }
         let groups = self.companions.entry(key_hash(key)).or_default();
-        let mut merged: Vec<u64> = others.to_vec();
+        let mut merged: Group = SmallVec::from_slice(others);
         groups.retain(|g| {
             if g.iter().any(|x| others.contains(x)) {
                 merged.extend_from_slice(g);
@@ -286,7 +294,7 @@ impl MatchState {
         let groups = self
             .companions
             .get(&key_hash(key))
-            .map(Vec::as_slice)
+            .map(|g| g.as_slice())
             .unwrap_or_default();
         if groups.iter().any(|g| g.iter().any(|x| others.contains(x))) {
             return None;
