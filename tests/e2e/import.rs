@@ -13,6 +13,12 @@ fn figure(stdout: &str, label: &str) -> String {
         .to_string()
 }
 
+fn assert_figures(stdout: &str, expected: &[(&str, &str)]) {
+    for (label, want) in expected {
+        assert_eq!(figure(stdout, label), *want, "{label} in:\n{stdout}");
+    }
+}
+
 fn import(data: &std::path::Path, file: &std::path::Path) -> String {
     let out = crm()
         .arg("--data-dir")
@@ -49,27 +55,29 @@ async fn an_import_counts_new_and_matched_customers_and_a_rerun_adds_nothing() {
     std::fs::write(&csv, VISITORS).unwrap();
 
     let first = import(&data, &csv);
-    for (label, want) in [
-        ("rows read", "5"),
-        ("accepted", "4"),
-        ("already imported", "0"),
-        ("rejected", "1"),
-        ("new customers", "3"),
-        ("matched existing", "1"),
-    ] {
-        assert_eq!(figure(&first, label), want, "{label} in:\n{first}");
-    }
-
+    assert_figures(
+        &first,
+        &[
+            ("rows read", "5"),
+            ("accepted", "4"),
+            ("already imported", "0"),
+            ("rejected", "1"),
+            ("new customers", "3"),
+            ("matched existing", "1"),
+        ],
+    );
+    // The re-run publishes nothing and finds nobody new.
     let again = import(&data, &csv);
-    for (label, want) in [
-        ("accepted", "0"),
-        ("already imported", "4"),
-        ("rejected", "1"),
-        ("new customers", "0"),
-        ("matched existing", "0"),
-    ] {
-        assert_eq!(figure(&again, label), want, "{label} on the re-run in:\n{again}");
-    }
+    assert_figures(
+        &again,
+        &[
+            ("accepted", "0"),
+            ("already imported", "4"),
+            ("rejected", "1"),
+            ("new customers", "0"),
+            ("matched existing", "0"),
+        ],
+    );
 
     // The person of rows 2 and 4 is one customer with both emails and the phone.
     let mut server = Server::start(&data).await;
