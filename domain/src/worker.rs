@@ -241,8 +241,8 @@ async fn dead_letter(bus: &dyn Bus, delivery: &Delivery, reason: &str) -> Result
 }
 
 /// What puts two events in one lane: the identifier's normalised key, so two spellings of
-/// one number share a lane. (Parsing costs nothing here: `normalize::phone` remembers what
-/// the channel already parsed.)
+/// one number share a lane. (Cheap here: `normalize::phone` reads plain CN mobiles without
+/// libphonenumber and remembers what the channel already parsed.)
 fn lane_key(raw: &proto::inbound::RawIdentifier, region: phonenumber::country::Id) -> Option<String> {
     crate::identity::normalise(raw, region)
         .ok()

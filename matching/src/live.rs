@@ -129,15 +129,17 @@ impl LiveIndex {
     /// replace the stored ones, the others stay. Equivalent to `insert` with the overlaid raw
     /// record (normalisation is per field), without keeping raw records.
     pub fn upsert(&mut self, id: &str, update: &Record) {
-        let prepared = self.overlaid(Some(id), update);
+        let prepared = self.overlaid(id, update);
         self.put(id, prepared);
     }
 
-    /// `update` normalised, with `base`'s stored entries for the fields it lacks.
-    fn overlaid(&self, base: Option<&str>, update: &Record) -> PreparedRecord {
+    /// `update` normalised, with `base`'s stored entries for the fields it lacks (`update`
+    /// alone when `base` is unknown).
+    fn overlaid(&self, base: &str, update: &Record) -> PreparedRecord {
         let mut prepared = self.store.prepare(update, &ALL_FIELDS);
-        let stored = base
-            .and_then(|id| self.by_id.get(id))
+        let stored = self
+            .by_id
+            .get(base)
             .and_then(|&slot| self.slots[slot as usize].as_ref());
         if let Some((_, row)) = stored {
             for (field, entry) in prepared.iter_mut().zip(self.store.view(row)) {
@@ -203,13 +205,11 @@ impl LiveIndex {
     /// [`LiveIndex::score_candidates`] for `update` laid over `base`'s stored record (as
     /// [`LiveIndex::upsert`] would store it); `update` alone when `base` is unknown.
     pub fn score_candidates_over(&self, base: &str, update: &Record) -> Vec<ScoredCandidate> {
-        self.score_prepared(&self.overlaid(Some(base), update))
+        self.score_prepared(&self.overlaid(base, update))
     }
 
+    /// An empty record has no blocking keys, hence no candidates.
     fn score_prepared(&self, prepared: &PreparedRecord) -> Vec<ScoredCandidate> {
-        if prepared.iter().all(Option::is_none) {
-            return Vec::new();
-        }
         let query = view_of(prepared);
         let mut keys = Vec::new();
         blocking::keys(&query, &mut keys);
