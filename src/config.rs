@@ -96,7 +96,7 @@ pub struct StoreConfig {
     /// EventStoreDB/KurrentDB connection string (`esdb://admin:changeit@127.0.0.1:2113?tls=false`),
     /// or for `remote` the domain process's URL (`http://127.0.0.1:8081`).
     pub url: Option<String>,
-    /// Page cache of the embedded sled database (event store and views), in MiB.
+    /// Page cache of the embedded event store and, as much again, of the view store (both redb), in MiB.
     pub cache_mb: u64,
 }
 
@@ -198,7 +198,7 @@ impl Config {
         }
         if !(8..=65_536).contains(&self.store.cache_mb) {
             anyhow::bail!(
-                "store.cache_mb is {}: give the sled page cache between 8 and 65536 MiB (default {})",
+                "store.cache_mb is {}: give the page cache between 8 and 65536 MiB (default {})",
                 self.store.cache_mb,
                 store::embedded::CACHE_BYTES >> 20
             );
@@ -250,6 +250,6 @@ mod tests {
             "{err}"
         );
         let config: Config = toml::from_str("[store]\nkind = \"embedded\"\n").unwrap();
-        assert_eq!(config.store.cache_mb, 256, "the default applies when the key is absent");
+        assert_eq!(config.store.cache_mb, 128, "the default applies when the key is absent");
     }
 }

@@ -42,7 +42,7 @@ pub struct Node {
     pub bus: Arc<dyn Bus>,
     pub store: Arc<dyn EventStore>,
     pub views: ViewStore,
-    /// sled database for views and other local state (quarantine, import ledger).
+    /// sled database for local state that is not views (quarantine, import ledger).
     pub local: sled::Db,
     _lock: File,
 }
@@ -62,14 +62,22 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
     }
 }
 
-/// With a store on another machine, views and local state stay on this node in their own sled database.
-fn open_local_views(config: &Config) -> anyhow::Result<sled::Db> {
-    let dir = config.data_dir.join("views");
+/// Page cache of the small sled database for local state (quarantine, import ledger).
+const LOCAL_CACHE_BYTES: u64 = 16 << 20;
+
+/// Local state that is not views (quarantine, import ledger) stays on this node in a sled database.
+fn open_local_state(config: &Config) -> anyhow::Result<sled::Db> {
+    let dir = config.data_dir.join("local");
     sled::Config::new()
         .path(&dir)
-        .cache_capacity(config.store.cache_mb << 20)
+        .cache_capacity(LOCAL_CACHE_BYTES)
         .open()
-        .with_context(|| format!("cannot open the view store at {}", dir.display()))
+        .with_context(|| {
+            format!(
+                "cannot open the local state (quarantine, import ledger) at {}",
+                dir.display()
+            )
+        })
 }
 
 impl Node {
@@ -79,29 +87,28 @@ impl Node {
             BusKind::Embedded => Arc::new(bus::embedded::EmbeddedBus::open(&config.data_dir.join("bus"))?),
             BusKind::Kafka => Arc::new(bus::kafka::KafkaBus::connect(config.bus.kafka.clone()).await?),
         };
-        let (store, local): (Arc<dyn EventStore>, sled::Db) = match config.store.kind {
-            StoreKind::Embedded => {
-                let s = store::embedded::SledStore::open_with_cache(
-                    &config.data_dir.join("store"),
-                    config.store.cache_mb << 20,
-                )?;
-                let db = s.db().clone();
-                (Arc::new(s), db)
-            }
+        let store: Arc<dyn EventStore> = match config.store.kind {
+            StoreKind::Embedded => Arc::new(store::embedded::EmbeddedStore::open_with_cache(
+                &config.data_dir.join("store"),
+                config.store.cache_mb << 20,
+            )?),
             StoreKind::Eventstoredb => {
                 let url = config.store.url.clone().unwrap_or_default();
-                let s = store::kurrent::KurrentStore::connect(&url)
-                    .await
-                    .context("cannot use EventStoreDB/KurrentDB as the event store (store.url)")?;
-                (Arc::new(s), open_local_views(&config)?)
+                Arc::new(
+                    store::kurrent::KurrentStore::connect(&url)
+                        .await
+                        .context("cannot use EventStoreDB/KurrentDB as the event store (store.url)")?,
+                )
             }
             StoreKind::Remote => {
                 let url = config.store.url.clone().unwrap_or_default();
-                let s = store::remote::RemoteStore::new(&url)?;
-                (Arc::new(s), open_local_views(&config)?)
+                Arc::new(store::remote::RemoteStore::new(&url)?)
             }
         };
-        let views = ViewStore::open(&local)?;
+        let local = open_local_state(&config)?;
+        let views_dir = config.data_dir.join("views");
+        let views = ViewStore::open(&views_dir, config.store.cache_mb << 20)
+            .with_context(|| format!("cannot open the view store at {}", views_dir.display()))?;
         Ok(Node {
             config,
             bus,

@@ -89,7 +89,7 @@ async fn main() {
     let arrivals = args.get(1).copied().unwrap_or(2_000);
     let dir = tempfile::tempdir().expect("temp dir");
     let store: Arc<dyn EventStore> =
-        Arc::new(store::embedded::SledStore::open(&dir.path().join("store")).expect("embedded store opens"));
+        Arc::new(store::embedded::EmbeddedStore::open(&dir.path().join("store")).expect("embedded store opens"));
     let mut rng = Lcg(42);
     let people: Vec<Person> = (0..customers)
         .map(|i| Person {

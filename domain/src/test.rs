@@ -11,7 +11,7 @@ use expect_test::Expect;
 use proto::InboundEvent;
 use proto::inbound::*;
 use store::EventStore;
-use store::embedded::SledStore;
+use store::embedded::EmbeddedStore;
 
 use crate::commands::IdentityCommands;
 use crate::events::CustomerEvent;
@@ -158,7 +158,7 @@ impl Scenario {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let store: Arc<dyn EventStore> = Arc::new(SledStore::temporary().unwrap());
+            let store: Arc<dyn EventStore> = Arc::new(EmbeddedStore::temporary().unwrap());
             let service = CustomerService::new(store.clone(), self.config.clone());
             for step in &self.given {
                 run_step(&store, &service, step).await;
@@ -586,7 +586,7 @@ mod crash_after_claims {
         // The first append to a customer stream fails as if the process had died right before it.
         let died = AtomicBool::new(false);
         let store: Arc<dyn EventStore> = Arc::new(Hooked {
-            inner: SledStore::temporary().unwrap(),
+            inner: EmbeddedStore::temporary().unwrap(),
             before_append: Box::new(move |stream| {
                 (stream.starts_with("customer-") && !died.swap(true, Ordering::SeqCst))
                     .then(|| StoreError::Unavailable("the process died".into()))
@@ -656,7 +656,7 @@ mod worker_commits_after_sync {
         let (open, gate) = watch::channel(false);
         // `sync` waits until the test opens the gate.
         let store: Arc<dyn EventStore> = Arc::new(Hooked {
-            inner: SledStore::temporary().unwrap(),
+            inner: EmbeddedStore::temporary().unwrap(),
             before_append: Box::new(|_| None),
             sync_gate: Some(gate),
         });
@@ -708,7 +708,7 @@ mod hooked {
     pub type BeforeAppend = Box<dyn Fn(&str) -> Option<StoreError> + Send + Sync>;
 
     pub struct Hooked {
-        pub inner: SledStore,
+        pub inner: EmbeddedStore,
         pub before_append: BeforeAppend,
         /// When set, `sync` waits until it is true.
         pub sync_gate: Option<watch::Receiver<bool>>,

@@ -5,7 +5,13 @@
 //! batch as the view changes. A crash replays from the checkpoint; nothing is
 //! applied twice or skipped. The view is a pure function of the log.
 //!
-//! Keys of the one `views` tree:
+//! The view store is one redb table (`views`) in its own database file (`views.redb`).
+//! Batches commit without fsync; a durable commit follows at least every
+//! [`DURABLE_EVERY`] and on [`ViewStore::flush`], and a crash rolls views and checkpoint
+//! back together to the last durable one. The projector only applies events the store
+//! has made durable (see `worker.rs`), so views never run ahead of the log.
+//!
+//! Keys of the `views` table:
 //! `v/<customer>` view JSON · `a/<absorbed>` survivor id · `i/<kind:scope:value>` customer ·
 //! `c/<channel>/<customer>` channel index · `t/<customer>/<at_us BE><event_id>` timeline entry ·
 //! `m/checkpoint` last applied position ·
@@ -30,7 +36,7 @@ use crate::view::*;
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
     #[error("view store failed: {0}")]
-    Sled(#[from] sled::Error),
+    Db(#[from] redb::Error),
     #[error("view {key} is unreadable: {source}")]
     BadView {
         key: String,
@@ -42,6 +48,40 @@ pub enum ProjectionError {
 }
 
 const CHECKPOINT: &[u8] = b"m/checkpoint";
+const VIEWS: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("views");
+/// File of the view store inside its directory.
+pub const FILE: &str = "views.redb";
+/// Longest time between durable commits of the view store while batches come in (redb
+/// frees pages only at durable commits).
+pub const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// redb's error types, each into [`ProjectionError::Db`].
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for ProjectionError {
+            fn from(e: $t) -> Self {
+                ProjectionError::Db(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// The key just after every key starting with `prefix` (prefixes here never end in 0xFF).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
 
 fn view_key(id: &str) -> Vec<u8> {
     format!("v/{id}").into_bytes()
@@ -112,28 +152,90 @@ fn timeline_key(id: &str, at_us: i64, event_id: &str) -> Vec<u8> {
 /// The view store: read side used by the API, write side used by the projector.
 #[derive(Clone)]
 pub struct ViewStore {
-    tree: sled::Tree,
-    db: sled::Db,
+    db: std::sync::Arc<redb::Database>,
+    /// When the last durable commit was made.
+    last_durable: std::sync::Arc<std::sync::Mutex<std::time::Instant>>,
 }
 
+type ViewTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
 impl ViewStore {
-    /// Opens the views in their own tree of `db`.
-    pub fn open(db: &sled::Db) -> Result<Self, ProjectionError> {
+    /// Opens (or creates) the view store in directory `dir` with a page cache of `cache_bytes`.
+    pub fn open(dir: &std::path::Path, cache_bytes: u64) -> Result<Self, ProjectionError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            ProjectionError::Store(store::StoreError::Io(format!(
+                "cannot create the view store directory {}: {e}",
+                dir.display()
+            )))
+        })?;
+        let db = redb::Database::builder()
+            .set_cache_size(usize::try_from(cache_bytes).unwrap_or(usize::MAX))
+            .create(dir.join(FILE))?;
+        Self::from_db(db)
+    }
+
+    /// A view store in memory. For tests and throw-away rebuilds.
+    pub fn temporary() -> Result<Self, ProjectionError> {
+        Self::from_db(redb::Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?)
+    }
+
+    fn from_db(db: redb::Database) -> Result<Self, ProjectionError> {
+        let write = db.begin_write()?;
+        write.open_table(VIEWS)?;
+        write.commit()?;
         Ok(ViewStore {
-            tree: db.open_tree("views")?,
-            db: db.clone(),
+            db: std::sync::Arc::new(db),
+            last_durable: std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
         })
     }
 
+    /// The table as of now (a snapshot: later commits do not show through it).
+    fn table(&self) -> Result<ViewTable, ProjectionError> {
+        use redb::ReadableDatabase;
+        Ok(self.db.begin_read()?.open_table(VIEWS)?)
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
+        Ok(self.table()?.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Every key and value under `prefix`, in key order.
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<KeyValues, ProjectionError> {
+        let end = prefix_end(prefix);
+        let mut out = Vec::new();
+        for item in self.table()?.range(prefix..end.as_slice())? {
+            let (k, v) = item?;
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Keys under `prefix`, from `start` on, at most `limit`.
+    fn keys_from(&self, prefix: &[u8], start: &[u8], limit: usize) -> Result<Vec<Vec<u8>>, ProjectionError> {
+        let end = prefix_end(prefix);
+        let mut out = Vec::new();
+        for item in self.table()?.range(start..end.as_slice())?.take(limit) {
+            out.push(item?.0.value().to_vec());
+        }
+        Ok(out)
+    }
+
+    fn count_prefix(&self, prefix: &[u8]) -> usize {
+        let end = prefix_end(prefix);
+        self.table()
+            .and_then(|t| Ok(t.range(prefix..end.as_slice())?.count()))
+            .unwrap_or(0)
+    }
+
     pub fn checkpoint(&self) -> Result<Option<GlobalPosition>, ProjectionError> {
-        Ok(self.tree.get(CHECKPOINT)?.and_then(|v| decode_position(&v)))
+        Ok(self.get(CHECKPOINT)?.and_then(|v| decode_position(&v)))
     }
 
     /// Follows merge aliases to the surviving customer id (itself if not merged).
     pub fn resolve(&self, id: &str) -> Result<String, ProjectionError> {
         let mut current = id.to_string();
         for _ in 0..64 {
-            match self.tree.get(alias_key(&current))? {
+            match self.get(&alias_key(&current))? {
                 Some(v) => current = String::from_utf8_lossy(&v).into_owned(),
                 None => break,
             }
@@ -148,7 +250,7 @@ impl ViewStore {
     }
 
     fn get_view(&self, id: &str) -> Result<Option<CustomerView>, ProjectionError> {
-        match self.tree.get(view_key(id))? {
+        match self.get(&view_key(id))? {
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)
                 .map_err(|source| ProjectionError::BadView {
@@ -166,7 +268,7 @@ impl ViewStore {
         scope: &str,
         normalized: &str,
     ) -> Result<Option<CustomerView>, ProjectionError> {
-        match self.tree.get(ident_key(kind, scope, normalized))? {
+        match self.get(&ident_key(kind, scope, normalized))? {
             Some(id) => self.customer(&String::from_utf8_lossy(&id)),
             None => Ok(None),
         }
@@ -191,35 +293,33 @@ impl ViewStore {
             }
             None => prefix.clone().into_bytes(),
         };
-        let mut out = Vec::new();
-        for item in self.tree.range(start..) {
-            let (k, _) = item?;
-            if !k.starts_with(prefix.as_bytes()) || out.len() >= limit {
-                break;
-            }
-            out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
-        }
-        Ok(out)
+        Ok(self
+            .keys_from(prefix.as_bytes(), &start, limit)?
+            .into_iter()
+            .map(|k| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
+            .collect())
     }
 
     /// Number of live customers.
     pub fn count(&self) -> usize {
-        self.tree.scan_prefix(b"v/").count()
+        self.count_prefix(b"v/")
     }
 
     /// Timeline of a customer, newest first, skipping `offset` entries.
     pub fn timeline(&self, id: &str, offset: usize, limit: usize) -> Result<Vec<TimelineEntry>, ProjectionError> {
         let id = self.resolve(id)?;
+        let prefix = timeline_prefix(&id);
+        let end = prefix_end(&prefix);
         let mut out = Vec::new();
         for item in self
-            .tree
-            .scan_prefix(timeline_prefix(&id))
+            .table()?
+            .range(prefix.as_slice()..end.as_slice())?
             .rev()
             .skip(offset)
             .take(limit)
         {
             let (k, v) = item?;
-            out.push(json(&k, &v)?);
+            out.push(json(k.value(), v.value())?);
         }
         Ok(out)
     }
@@ -228,8 +328,7 @@ impl ViewStore {
     pub fn merge_history(&self, ids: &[String]) -> Result<Vec<MergeHistoryEntry>, ProjectionError> {
         let mut out: BTreeMap<u64, MergeHistoryEntry> = BTreeMap::new();
         for id in ids {
-            for item in self.tree.scan_prefix(history_prefix(id)) {
-                let (k, v) = item?;
+            for (k, v) in self.scan_prefix(&history_prefix(id))? {
                 let entry: MergeHistoryEntry = json(&k, &v)?;
                 out.entry(entry.position).or_insert(entry);
             }
@@ -240,7 +339,7 @@ impl ViewStore {
     /// One match review.
     pub fn review(&self, id: &str) -> Result<Option<MatchReviewEntry>, ProjectionError> {
         let key = review_key(id);
-        match self.tree.get(&key)? {
+        match self.get(&key)? {
             Some(v) => Ok(Some(json(&key, &v)?)),
             None => Ok(None),
         }
@@ -264,11 +363,7 @@ impl ViewStore {
             None => prefix.clone(),
         };
         let mut out = Vec::new();
-        for item in self.tree.range(start..) {
-            let (k, _) = item?;
-            if !k.starts_with(&prefix) || out.len() >= limit {
-                break;
-            }
+        for k in self.keys_from(&prefix, &start, limit)? {
             let id = String::from_utf8_lossy(&k[prefix.len() + 8..]).into_owned();
             if let Some(r) = self.review(&id)? {
                 out.push(r);
@@ -279,14 +374,13 @@ impl ViewStore {
 
     /// Number of reviews with a status.
     pub fn review_count(&self, status: &str) -> usize {
-        self.tree.scan_prefix(review_index_prefix(status)).count()
+        self.count_prefix(&review_index_prefix(status))
     }
 
     /// Identifiers marked shared.
     pub fn shared_identifiers(&self, limit: usize) -> Result<Vec<SharedIdentifierEntry>, ProjectionError> {
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix(b"s/").take(limit) {
-            let (k, v) = item?;
+        for (k, v) in self.scan_prefix(b"s/")?.into_iter().take(limit) {
             out.push(json(&k, &v)?);
         }
         Ok(out)
@@ -295,16 +389,44 @@ impl ViewStore {
     /// Every key and value, for comparing a rebuilt store with the live one.
     pub fn digest(&self) -> Result<(usize, u64), ProjectionError> {
         let mut digest = ViewDigest::default();
-        for item in self.tree.iter() {
+        use redb::ReadableTable;
+        for item in self.table()?.iter()? {
             let (k, v) = item?;
-            digest.add(&k, &v);
+            digest.add(k.value(), v.value());
         }
         Ok(digest.finish())
     }
 
-    /// Flushes the view store to disk.
+    /// Makes every commit so far durable (fsync).
     pub async fn flush(&self) -> Result<(), ProjectionError> {
-        self.db.flush_async().await?;
+        let views = self.clone();
+        tokio::task::spawn_blocking(move || views.commit_writes(Vec::new(), true))
+            .await
+            .map_err(|e| ProjectionError::Store(store::StoreError::Io(format!("the view flush task failed: {e}"))))?
+    }
+
+    /// Writes (`None` removes) in one transaction; durable when asked or when the last
+    /// durable commit is older than [`DURABLE_EVERY`].
+    fn commit_writes(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>, durable: bool) -> Result<(), ProjectionError> {
+        let mut last_durable = self.last_durable.lock().unwrap_or_else(|p| p.into_inner());
+        let durable = durable || last_durable.elapsed() >= DURABLE_EVERY;
+        let mut write = self.db.begin_write()?;
+        if !durable {
+            write.set_durability(redb::Durability::None)?;
+        }
+        {
+            let mut table = write.open_table(VIEWS)?;
+            for (k, v) in &writes {
+                match v {
+                    Some(v) => table.insert(k.as_slice(), v.as_slice())?,
+                    None => table.remove(k.as_slice())?,
+                };
+            }
+        }
+        write.commit()?;
+        if durable {
+            *last_durable = std::time::Instant::now();
+        }
         Ok(())
     }
 }
@@ -347,7 +469,7 @@ impl<'a> Overlay<'a> {
         match self.writes.get(key) {
             Some(v) => Ok(v.clone()),
             None => match self.store {
-                Some(s) => Ok(s.tree.get(key)?.map(|v| v.to_vec())),
+                Some(s) => s.get(key),
                 None => Ok(None),
             },
         }
@@ -377,7 +499,7 @@ impl<'a> Overlay<'a> {
 
     fn own(&mut self, id: &str) -> Result<Option<&mut CustomerView>, ProjectionError> {
         if !self.owns.contains_key(id) {
-            let v = match self.store.map(|s| s.tree.get(own_key(id))).transpose()?.flatten() {
+            let v = match self.store.map(|s| s.get(&own_key(id))).transpose()?.flatten() {
                 Some(v) => Some(json(&own_key(id), &v)?),
                 None => None,
             };
@@ -417,10 +539,7 @@ impl<'a> Overlay<'a> {
     fn scan(&self, prefix: &[u8]) -> Result<KeyValues, ProjectionError> {
         let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         if let Some(store) = self.store {
-            for item in store.tree.scan_prefix(prefix) {
-                let (k, v) = item?;
-                out.insert(k.to_vec(), v.to_vec());
-            }
+            out.extend(store.scan_prefix(prefix)?);
         }
         for (k, v) in self.writes.range(prefix.to_vec()..) {
             if !k.starts_with(prefix) {
@@ -435,31 +554,25 @@ impl<'a> Overlay<'a> {
     }
 
     fn commit(self, position: GlobalPosition) -> Result<(), ProjectionError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = Vec::with_capacity(self.views.len() + self.owns.len() + self.writes.len() + 1);
         for (id, view) in self.views {
-            match view {
-                Some(v) => batch.insert(
-                    view_key(&id),
-                    serde_json::to_vec(&v).map_err(|source| ProjectionError::BadView { key: id, source })?,
-                ),
-                None => batch.remove(view_key(&id)),
-            }
+            let value = view
+                .map(|v| {
+                    serde_json::to_vec(&v).map_err(|source| ProjectionError::BadView {
+                        key: id.clone(),
+                        source,
+                    })
+                })
+                .transpose()?;
+            batch.push((view_key(&id), value));
         }
         for (id, view) in self.owns {
-            match view {
-                Some(v) => batch.insert(own_key(&id), to_json(&id, &v)?),
-                None => batch.remove(own_key(&id)),
-            }
+            batch.push((own_key(&id), view.map(|v| to_json(&id, &v)).transpose()?));
         }
-        for (k, v) in self.writes {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
-        }
-        batch.insert(CHECKPOINT, encode_position(position));
+        batch.extend(self.writes);
+        batch.push((CHECKPOINT.to_vec(), Some(encode_position(position))));
         if let Some(store) = self.store {
-            store.tree.apply_batch(batch)?;
+            store.commit_writes(batch, false)?;
         }
         Ok(())
     }
@@ -1179,7 +1292,7 @@ mod tests {
     use proto::InboundEvent;
     use proto::inbound::*;
     use store::EventStore;
-    use store::embedded::SledStore;
+    use store::embedded::EmbeddedStore;
 
     use super::*;
 
@@ -1216,18 +1329,15 @@ mod tests {
         store: Arc<dyn EventStore>,
         service: CustomerService,
         projector: Projector,
-        _db: sled::Db,
     }
 
     fn world() -> World {
-        let store: Arc<dyn EventStore> = Arc::new(SledStore::temporary().unwrap());
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let projector = Projector::new(ViewStore::open(&db).unwrap(), phonenumber::country::Id::CN);
+        let store: Arc<dyn EventStore> = Arc::new(EmbeddedStore::temporary().unwrap());
+        let projector = Projector::new(ViewStore::temporary().unwrap(), phonenumber::country::Id::CN);
         World {
             service: CustomerService::new(store.clone(), DomainConfig::default()),
             store,
             projector,
-            _db: db,
         }
     }
 
@@ -1302,8 +1412,7 @@ mod tests {
         assert_eq!(history[1].decided_by, "alice");
 
         // The same log projected in one batch gives the same views (views are a function of the log).
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let replayed = Projector::new(ViewStore::open(&db).unwrap(), phonenumber::country::Id::CN);
+        let replayed = Projector::new(ViewStore::temporary().unwrap(), phonenumber::country::Id::CN);
         replayed
             .apply(&w.store.read_all(None, usize::MAX).await.unwrap())
             .unwrap();

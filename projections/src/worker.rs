@@ -12,6 +12,16 @@ use crate::projector::{ProjectionError, Projector, Rebuild};
 /// Most events applied in one atomic batch.
 const BATCH: usize = 2048;
 
+/// Makes the store durable up to `position` if it is not yet. Views never get ahead of the
+/// durable log: a crash could lose the non-durable suffix of the embedded store and reuse
+/// its positions for other events, and the views live in another database.
+async fn durable_up_to(store: &dyn EventStore, position: store::GlobalPosition) -> Result<(), ProjectionError> {
+    if store.durable_position().is_some_and(|durable| durable < position) {
+        store.sync().await?;
+    }
+    Ok(())
+}
+
 /// Follows the store from the checkpoint until `shutdown`; the batch in hand is finished first.
 pub async fn follow(
     store: Arc<dyn EventStore>,
@@ -43,6 +53,9 @@ pub async fn follow(
             }
         }
         let started = Instant::now();
+        if let Some(last) = batch.last() {
+            durable_up_to(store.as_ref(), last.position).await?;
+        }
         let p = projector.clone();
         let n = batch.len();
         tokio::task::spawn_blocking(move || p.apply(&batch))
@@ -86,6 +99,7 @@ pub async fn replay(
         let Some(last) = events.last() else { break };
         after = Some(last.position);
         total += events.len() as u64;
+        durable_up_to(store, last.position).await?;
         tokio::task::block_in_place(|| projector.apply(&events))?;
         progress(total);
     }

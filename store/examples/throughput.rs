@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use futures::StreamExt;
-use store::embedded::SledStore;
+use store::embedded::EmbeddedStore;
 use store::{EventStore, ExpectedRevision, NewEvent};
 use uuid::Uuid;
 
@@ -31,7 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => std::env::temp_dir().join(format!("crm-store-throughput-{}", Uuid::new_v4().simple())),
     };
     std::fs::create_dir_all(&dir)?;
-    let store = SledStore::open(&dir)?;
+    let store = EmbeddedStore::open(&dir)?;
     let payload = vec![0x5Au8; 300]; // about the size of an encoded channel event
 
     // `IN_FLIGHT=16,64` runs only those phases.

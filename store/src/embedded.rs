@@ -1,58 +1,59 @@
-//! The embedded event store on sled: the default backend for single-node deployments.
+//! The embedded event store on redb: the default backend for single-node deployments.
 //!
-//! Layout (one sled tree, `events`, key spaces told apart by their first byte):
-//! - `L ‖ BE u64 sequence` → encoded record ([`record`]): the global log.
+//! Layout: one redb database file, `events.redb`, in the store directory, with five tables:
+//! - `log`: sequence (u64) → encoded record ([`record`]): the global log.
 //!   Sequences start at 1 and are never reused, so `after: None` means "from the start";
 //!   `GlobalPosition { commit: seq, prepare: seq }`.
-//! - `H ‖ stream` → BE last revision ‖ (event id (16 bytes) ‖ BE sequence) of each of the
-//!   stream's first 16 events: stream heads. Most streams are short (an identity
-//!   reservation holds one or two events, most customers a handful), so most events need
-//!   no key besides their log entry: one head write per append instead of two keys per event.
-//! - `I ‖ stream ‖ 0xFF ‖ BE revision` → BE sequence: the stream index from revision 16 on.
-//! - `E ‖ stream ‖ 0xFF ‖ event id (16 bytes)` → BE revision: ids of events from revision 16 on.
-//! - `M ‖ "format"` → layout version ([`FORMAT`]); a data directory without it (or with
-//!   another) is refused at open, with what to do.
+//! - `heads`: stream → BE last revision ‖ (event id (16 bytes) ‖ BE sequence) of each of the
+//!   stream's first 16 events. Most streams are short (an identity reservation holds one or
+//!   two events, most customers a handful), so most events need no key besides their log
+//!   entry: one head write per append instead of two keys per event.
+//! - `index`: stream ‖ 0xFF ‖ BE revision → sequence: the stream index from revision 16 on.
+//! - `ids`: stream ‖ 0xFF ‖ event id (16 bytes) → revision: ids of events from revision 16 on.
+//! - `meta`: `"format"` → layout version ([`FORMAT`]); a file with another is refused at
+//!   open, with what to do. A directory still holding the sled store of earlier versions is
+//!   refused the same way.
 //!
 //! `0xFF` never occurs in UTF-8, so a stream's keys never interleave with a stream whose
 //! name it prefixes.
 //!
-//! Appends go to one writer thread that commits them as one atomic sled *batch* per
-//! *group*: every append waiting when the writer becomes free joins the group (group commit).
-//! One tree and one batch (not a multi-tree transaction) because the single writer needs
-//! no conflict detection, only atomicity: each append in a group is checked against the
-//! tree plus the heads and ids written by the ones before it in the group, and a failing
-//! one (wrong expected revision) writes nothing and does not affect the others.
-//! Measured on this project's 2-core machine (`examples/throughput.rs`, release, 300-byte
-//! events, 10k streams): 1 append in flight ≈ 20k appends/s acknowledged, 14k/s including
-//! the final `sync()`; 64 in flight 35–43k appends/s (the earlier four-tree transaction
-//! layout: 36k). End to end (`crm bench ingest`) the batch layout took sustained forms/s
-//! from 2.2k to 3.0k. Throughput grows with appends in flight, so the domain keeps several.
-//! Sequence numbers are assigned by that single writer and become visible in order, so a
-//! reader of the log never sees a gap that fills in later. That is what lets
-//! [`EventStore::subscribe_all`] follow the log without gaps or duplicates.
+//! Appends go to one writer thread that commits them as one redb write transaction per
+//! *group*: every request waiting when the writer becomes free joins the group (group
+//! commit). Each append is checked against the tables as the transaction sees them (so
+//! against the appends before it in the group), and a failing one (wrong expected revision)
+//! writes nothing and does not affect the others. Sequence numbers are assigned by that
+//! single writer and become visible in order, so a reader of the log never sees a gap that
+//! fills in later. That is what lets [`EventStore::subscribe_all`] follow the log without
+//! gaps or duplicates.
+//!
+//! Why redb and not sled (the store's first engine): sled copies a whole leaf node on every
+//! insert and splits leaves at 16 entries; measured with the store's own write pattern
+//! (3 appends and 6 events per new customer, groups of 256), sled took 17.8 s and 379 MiB
+//! for 200k customers, redb 8.3 s and 137 MiB, and sled's files were twice the size.
 //!
 //! An append whose future is dropped after it was queued may still be committed; callers
 //! retry with the same event ids, which is harmless (the redelivery rule).
 //!
 //! Durability invariant: an acknowledged `append` is atomic and visible but *not yet
-//! fsynced*. [`EventStore::sync`] (sled `flush_async`) makes every append acknowledged
-//! before the call durable. Callers that acknowledge anything to the outside world (the
-//! domain committing bus offsets) must call `sync()` first; a crash before `sync()` may
-//! lose a suffix of recent appends, never a middle part, and never reuses a sequence that
-//! was made durable. sled also flushes in the background every 500 ms, but with a write
-//! backlog one `sync()` can take seconds: call it per batch of bus messages (or on a timer),
-//! not per event.
+//! fsynced* (a redb commit without durability). [`EventStore::sync`] queues a durable
+//! commit behind every append acknowledged before the call, so it makes all of them
+//! durable. Callers that acknowledge anything to the outside world (the domain committing
+//! bus offsets) must call `sync()` first; a crash before `sync()` may lose a suffix of
+//! recent appends, never a middle part, and never reuses a sequence that was made durable.
+//! The writer also commits durably on its own every [`BACKGROUND_SYNC`] while appends come
+//! in (redb frees pages only at durable commits), so calling `sync()` per batch of bus
+//! messages (not per event) is enough.
 //!
 //! Not here: the KurrentDB adapter (`kurrent`), the port itself (`lib.rs`).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::stream::BoxStream;
-use sled::{IVec, Tree};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::watch;
 
 use crate::{AppendOutcome, EventStore, ExpectedRevision, GlobalPosition, NewEvent, RecordedEvent, StoreError};
@@ -61,66 +62,60 @@ use crate::{AppendOutcome, EventStore, ExpectedRevision, GlobalPosition, NewEven
 const SEP: u8 = 0xFF;
 /// How many events a live subscription reads from the log per batch.
 const SUBSCRIPTION_BATCH: usize = 2048;
-/// Default sled page cache of the embedded database (store and views together); config
-/// `store.cache_mb`. sled's resident memory runs above it: a 100k-row import peaked at
-/// 827 MiB RSS with 256 MiB, 550 MiB with 64 MiB (about as fast); web-form ingest sustains
-/// 2.7k forms/s with 128 MiB, 3.2k with 256 MiB, 3.3k with 512 MiB.
-pub const CACHE_BYTES: u64 = 256 * 1024 * 1024;
-/// Most appends committed in one sled transaction.
+/// Default page cache of the embedded event store; config `store.cache_mb`.
+pub const CACHE_BYTES: u64 = 128 * 1024 * 1024;
+/// Most requests committed in one write transaction.
 const MAX_GROUP: usize = 256;
+/// Longest time acknowledged appends stay without a durable commit when nobody calls `sync()`.
+pub const BACKGROUND_SYNC: Duration = Duration::from_millis(500);
+/// File of the store inside its directory.
+pub const FILE: &str = "events.redb";
 
-/// The embedded event store. Cheap to clone (all clones share one database).
-#[derive(Clone)]
-pub struct SledStore {
-    inner: Arc<Inner>,
-}
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("heads");
+const INDEX: TableDefinition<&[u8], u64> = TableDefinition::new("index");
+const IDS: TableDefinition<&[u8], u64> = TableDefinition::new("ids");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-struct Inner {
-    db: sled::Db,
-    path: PathBuf,
-    events: Tree,
-    /// Last committed sequence, bumped by the writer after each group so live subscribers
-    /// wake up without polling.
-    tip: watch::Receiver<u64>,
-    /// Highest sequence known to be on disk: the tip as it was when the last `sync()` began
-    /// (or at open). Readers in other processes are served only up to here.
-    durable: std::sync::atomic::AtomicU64,
-    /// Requests to the writer thread; `None` only while dropping.
-    requests: Option<mpsc::Sender<AppendRequest>>,
-    writer: Option<JoinHandle<()>>,
-}
-
-/// First bytes of the key spaces in the `events` tree.
-const LOG: u8 = b'L';
-const INDEX: u8 = b'I';
-const HEAD: u8 = b'H';
-const EVENT_ID: u8 = b'E';
-const META: u8 = b'M';
 /// Ids and sequences of a stream's first events are kept in its head (two keys less per
 /// event: most streams are short: an identity reservation holds one or two events).
 const HEAD_IDS: u64 = 16;
 /// Bytes per event in a stream head: event id + BE sequence.
 const HEAD_ENTRY: usize = 16 + 8;
-/// Version of this key layout, kept under [`format_key`].
-const FORMAT: u64 = 2;
+/// Version of this layout, kept under `meta["format"]`. 1 and 2 were sled key layouts.
+const FORMAT: u64 = 3;
 
-fn format_key() -> Vec<u8> {
-    let mut k = vec![META];
-    k.extend_from_slice(b"format");
-    k
+/// The embedded event store. Cheap to clone (all clones share one database).
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
 }
 
-fn log_key(sequence: u64) -> [u8; 9] {
-    let mut k = [LOG; 9];
-    k[1..].copy_from_slice(&sequence.to_be_bytes());
-    k
+struct Inner {
+    db: Arc<Database>,
+    path: PathBuf,
+    /// Last committed sequence, bumped by the writer after each group so live subscribers
+    /// wake up without polling.
+    tip: watch::Receiver<u64>,
+    /// Highest sequence known to be on disk (the tip at the last durable commit).
+    durable: Arc<AtomicU64>,
+    /// Requests to the writer thread; `None` only while dropping.
+    requests: Option<mpsc::Sender<Request>>,
+    writer: Option<JoinHandle<()>>,
 }
 
-fn head_key(stream: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + stream.len());
-    k.push(HEAD);
-    k.extend_from_slice(stream.as_bytes());
-    k
+fn stream_key(stream: &str, suffix: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + stream.len() + suffix.len());
+    key.extend_from_slice(stream.as_bytes());
+    key.push(SEP);
+    key.extend_from_slice(suffix);
+    key
+}
+
+enum Request {
+    Append(AppendRequest),
+    /// Make every append queued before this one durable.
+    Sync(tokio::sync::oneshot::Sender<Result<(), StoreError>>),
 }
 
 struct AppendRequest {
@@ -132,8 +127,8 @@ struct AppendRequest {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Close the queue, then wait for the writer so the database is closed (and its
-        // file lock released) when the last handle is gone: a reopen right after works.
+        // Close the queue, then wait for the writer (it commits durably on the way out) so
+        // the database is closed (and its file lock released) when the last handle is gone.
         self.requests.take();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
@@ -141,15 +136,20 @@ impl Drop for Inner {
     }
 }
 
-impl std::fmt::Debug for SledStore {
+impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledStore")
+        f.debug_struct("EmbeddedStore")
             .field("path", &self.inner.path)
             .finish_non_exhaustive()
     }
 }
 
-impl SledStore {
+/// Maps any redb error to a store I/O error saying what was being done.
+fn io<E: Into<redb::Error>>(what: &'static str) -> impl Fn(E) -> StoreError {
+    move |e| StoreError::Io(format!("embedded event store: cannot {what}: {}", e.into()))
+}
+
+impl EmbeddedStore {
     /// Opens (or creates) the store in directory `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         Self::open_with_cache(path, CACHE_BYTES)
@@ -157,62 +157,62 @@ impl SledStore {
 
     /// Opens (or creates) the store in directory `path` with a page cache of `cache_bytes`.
     pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        // sled's default page cache is 1 GiB; the store and the views share this one.
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .open()
+        refuse_sled_dir(path)?;
+        std::fs::create_dir_all(path).map_err(|e| {
+            StoreError::Io(format!(
+                "cannot create the event store directory {}: {e}",
+                path.display()
+            ))
+        })?;
+        let file = path.join(FILE);
+        let repairing = file.display().to_string();
+        let db = Database::builder()
+            .set_cache_size(usize::try_from(cache_bytes).unwrap_or(usize::MAX))
+            .set_repair_callback(move |session| {
+                tracing::warn!(
+                    file = %repairing,
+                    progress = format!("{:.0}%", session.progress() * 100.0),
+                    "the embedded event store was not closed cleanly: checking and repairing it"
+                );
+            })
+            .create(&file)
             .map_err(|e| {
                 StoreError::Io(format!(
                     "cannot open the embedded event store at {}: {e}; check that the directory is writable and \
-                 that no other process has it open",
-                    path.display()
+                     that no other process has it open",
+                    file.display()
                 ))
             })?;
-        Self::from_db(db, path.to_path_buf())
+        Self::from_db(db, file)
     }
 
-    /// A store in a fresh temporary directory, deleted when the last clone is dropped. For tests.
+    /// A store in memory, gone when the last clone is dropped. For tests.
     pub fn temporary() -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .temporary(true)
-            .open()
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(|e| StoreError::Io(format!("cannot create a temporary embedded event store: {e}")))?;
         Self::from_db(db, PathBuf::from("<temporary>"))
     }
 
-    /// The store in an already open sled database (its tree is `events`). Views kept in other trees of the same database
-    /// recover from a crash to the same prefix of operations as the log.
-    pub fn from_db(db: sled::Db, path: PathBuf) -> Result<Self, StoreError> {
-        let names = db.tree_names();
-        if names.iter().any(|n| n.as_ref() == b"log") {
-            return Err(StoreError::Config(format!(
-                "{} holds an event store in the earlier four-tree layout (before the `events` tree), which this \
-                 version cannot read and does not migrate: move that data directory aside and start with a fresh \
-                 one (or keep using the crm binary that wrote it)",
-                path.display()
-            )));
-        }
-        let events = db
-            .open_tree("events")
-            .map_err(|e| StoreError::Io(format!("cannot open tree events in {}: {e}", path.display())))?;
-        check_format(&events, &path)?;
-        let last = match events
-            .scan_prefix([LOG])
-            .next_back()
-            .transpose()
-            .map_err(io("read the last log entry"))?
-        {
-            Some((key, _)) => decode_u64(&key[1..], "log key")?,
-            None => 0,
+    fn from_db(db: Database, path: PathBuf) -> Result<Self, StoreError> {
+        check_format(&db, &path)?;
+        let last = {
+            let read = db.begin_read().map_err(io("read the log"))?;
+            let log = read.open_table(LOG).map_err(io("open the log"))?;
+            log.last()
+                .map_err(io("read the last log entry"))?
+                .map_or(0, |(k, _)| k.value())
         };
+        let db = Arc::new(db);
         let (tip_tx, tip) = watch::channel(last);
+        let durable = Arc::new(AtomicU64::new(last));
         let (requests, queue) = mpsc::channel();
         let writer = Writer {
-            events: events.clone(),
+            db: Arc::clone(&db),
             last_sequence: last,
             tip: tip_tx,
+            durable: Arc::clone(&durable),
+            undurable_since: None,
         };
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
@@ -222,18 +222,12 @@ impl SledStore {
             inner: Arc::new(Inner {
                 db,
                 path,
-                events,
                 tip,
-                durable: std::sync::atomic::AtomicU64::new(last),
+                durable,
                 requests: Some(requests),
                 writer: Some(writer),
             }),
         })
-    }
-
-    /// The sled database holding the store.
-    pub fn db(&self) -> &sled::Db {
-        &self.inner.db
     }
 
     /// Sequence of the last event in the global log (0 when empty).
@@ -242,34 +236,53 @@ impl SledStore {
     }
 }
 
-/// Refuses a tree written in another key layout; marks an empty one with this layout.
-fn check_format(events: &Tree, path: &Path) -> Result<(), StoreError> {
-    let found = events
-        .get(format_key())
-        .map_err(io("read the layout version"))?
-        .map(|v| decode_u64(&v, "layout version"))
-        .transpose()?;
-    match found {
-        Some(FORMAT) => Ok(()),
-        None if events.is_empty() => {
-            events
-                .insert(format_key(), &FORMAT.to_be_bytes())
-                .map_err(io("write the layout version"))?;
-            Ok(())
-        }
-        other => Err(StoreError::Config(format!(
-            "{} holds an event store in layout version {} but this version of crm reads layout {FORMAT} \
-             (stream heads keep the positions of their first events) and does not migrate: move that data \
-             directory aside and start with a fresh one, or rebuild it by importing its sources again \
-             (or keep using the crm binary that wrote it)",
-            path.display(),
-            other.map_or_else(|| "1".to_string(), |v| v.to_string())
-        ))),
+/// Earlier versions kept the store in a sled database in the same directory.
+fn refuse_sled_dir(path: &Path) -> Result<(), StoreError> {
+    let sled_files = path.join("conf").exists() && path.join("db").exists();
+    if sled_files && !path.join(FILE).exists() {
+        return Err(StoreError::Config(format!(
+            "{} holds an event store written by an earlier version of crm (on sled), which this version \
+             (on redb) cannot read and does not migrate: move that data directory aside and start with a \
+             fresh one, then import its sources again (or keep using the crm binary that wrote it)",
+            path.display()
+        )));
     }
+    Ok(())
 }
 
-fn io(what: &'static str) -> impl Fn(sled::Error) -> StoreError {
-    move |e| StoreError::Io(format!("embedded event store: cannot {what}: {e}"))
+/// Refuses a file written in another layout; creates the tables of an empty one.
+fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let write = db.begin_write().map_err(io("open the store for writing"))?;
+    let found = {
+        let mut meta = write.open_table(META).map_err(io("open the meta table"))?;
+        let found = meta
+            .get("format")
+            .map_err(io("read the layout version"))?
+            .map(|v| v.value());
+        let log_empty = write
+            .open_table(LOG)
+            .map_err(io("open the log"))?
+            .is_empty()
+            .map_err(io("read the log"))?;
+        if found.is_none() && log_empty {
+            meta.insert("format", FORMAT).map_err(io("write the layout version"))?;
+        }
+        write.open_table(HEADS).map_err(io("open the stream heads"))?;
+        write.open_table(INDEX).map_err(io("open the stream index"))?;
+        write.open_table(IDS).map_err(io("open the event ids"))?;
+        found.or(log_empty.then_some(FORMAT))
+    };
+    if found != Some(FORMAT) {
+        return Err(StoreError::Config(format!(
+            "{} holds an event store in layout version {} but this version of crm reads layout {FORMAT} \
+             and does not migrate: move that data directory aside and start with a fresh one, or rebuild \
+             it by importing its sources again (or keep using the crm binary that wrote it)",
+            path.display(),
+            found.map_or_else(|| "unknown".to_string(), |v| v.to_string())
+        )));
+    }
+    write.commit().map_err(io("create the tables"))?;
+    Ok(())
 }
 
 fn decode_u64(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
@@ -277,15 +290,6 @@ fn decode_u64(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
         .try_into()
         .map_err(|_| StoreError::Corrupt(format!("{what} has {} bytes, expected 8", bytes.len())))?;
     Ok(u64::from_be_bytes(arr))
-}
-
-fn stream_key(space: u8, stream: &str, suffix: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(2 + stream.len() + suffix.len());
-    key.push(space);
-    key.extend_from_slice(stream.as_bytes());
-    key.push(SEP);
-    key.extend_from_slice(suffix);
-    key
 }
 
 fn now_us() -> i64 {
@@ -297,60 +301,69 @@ fn now_us() -> i64 {
 
 /// The single writer: owns sequence assignment, commits groups of appends.
 struct Writer {
-    events: Tree,
+    db: Arc<Database>,
     last_sequence: u64,
     tip: watch::Sender<u64>,
+    durable: Arc<AtomicU64>,
+    /// When the oldest commit not yet durable was made.
+    undurable_since: Option<Instant>,
 }
 
 impl Writer {
-    fn run(mut self, queue: mpsc::Receiver<AppendRequest>) {
-        let mut group = Vec::with_capacity(MAX_GROUP);
-        while let Ok(first) = queue.recv() {
-            group.push(first);
-            while group.len() < MAX_GROUP {
-                match queue.try_recv() {
-                    Ok(next) => group.push(next),
-                    Err(_) => break,
+    fn run(mut self, queue: mpsc::Receiver<Request>) {
+        let mut appends = Vec::with_capacity(MAX_GROUP);
+        let mut syncs = Vec::new();
+        loop {
+            let wait = self.undurable_since.map_or(Duration::from_secs(3600), |t| {
+                BACKGROUND_SYNC.saturating_sub(t.elapsed())
+            });
+            let first = match queue.recv_timeout(wait) {
+                Ok(first) => Some(first),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            let mut next = first;
+            while let Some(request) = next.take() {
+                match request {
+                    Request::Append(a) => appends.push(a),
+                    Request::Sync(s) => syncs.push(s),
+                }
+                if appends.len() + syncs.len() < MAX_GROUP {
+                    next = queue.try_recv().ok();
                 }
             }
-            let results = self.commit_group(&mut group);
-            for (request, result) in group.drain(..).zip(results) {
+            let durable = !syncs.is_empty() || self.undurable_since.is_some_and(|t| t.elapsed() >= BACKGROUND_SYNC);
+            let result = self.commit_group(&mut appends, durable);
+            for request in appends.drain(..).zip(result.appends) {
                 // The caller may have gone away (cancelled future): nothing to tell.
-                let _ = request.reply.send(result);
+                let _ = request.0.reply.send(request.1);
             }
+            for s in syncs.drain(..) {
+                let _ = s.send(result.synced.clone().map_err(StoreError::Io));
+            }
+        }
+        // Shutting down: make what was acknowledged durable.
+        if self.undurable_since.is_some() {
+            let _ = self.commit_group(&mut Vec::new(), true);
         }
     }
 
-    /// Commits every acceptable append of `group` in one transaction; one result per request.
-    fn commit_group(&mut self, group: &mut [AppendRequest]) -> Vec<Result<AppendOutcome, StoreError>> {
+    /// Commits every acceptable append of `group` in one transaction (durably when asked, or
+    /// when nothing but a durable commit was asked for).
+    fn commit_group(&mut self, group: &mut [AppendRequest], durable: bool) -> GroupResult {
         for request in group.iter_mut() {
             // Duplicate ids inside one batch: keep the first, like a redelivery would.
             let mut seen = std::collections::HashSet::with_capacity(request.events.len());
             request.events.retain(|e| seen.insert(e.event_id));
         }
-        let recorded_at_us = now_us();
-        let mut group_state = Group {
-            tree: &self.events,
-            batch: sled::Batch::default(),
-            written: HashMap::new(),
-            sequence: self.last_sequence + 1,
-            buf: Vec::new(),
-        };
-        let mut results = Vec::with_capacity(group.len());
-        for request in group.iter() {
-            results.push(group_state.append(request, recorded_at_us));
+        if group.is_empty() && (!durable || self.undurable_since.is_none()) {
+            return GroupResult {
+                appends: Vec::new(),
+                synced: Ok(()),
+            };
         }
-        let last_sequence = group_state.sequence - 1;
-        if last_sequence == self.last_sequence {
-            return results;
-        }
-        match self.events.apply_batch(group_state.batch) {
-            Ok(()) => {
-                self.last_sequence = last_sequence;
-                self.tip.send_replace(last_sequence);
-                results
-            }
-            Err(e) => group
+        let failed = |e: StoreError| GroupResult {
+            appends: group
                 .iter()
                 .map(|r| {
                     Err(StoreError::Io(format!(
@@ -359,19 +372,68 @@ impl Writer {
                     )))
                 })
                 .collect(),
+            synced: Err(e.to_string()),
+        };
+        let mut write = match self.db.begin_write() {
+            Ok(w) => w,
+            Err(e) => return failed(io("begin a write transaction")(e)),
+        };
+        if !durable && let Err(e) = write.set_durability(redb::Durability::None) {
+            return failed(io("set the commit durability")(e));
+        }
+        let mut sequence = self.last_sequence + 1;
+        let appended = (|| {
+            let mut tables = Tables {
+                log: write.open_table(LOG)?,
+                heads: write.open_table(HEADS)?,
+                index: write.open_table(INDEX)?,
+                ids: write.open_table(IDS)?,
+            };
+            let recorded_at_us = now_us();
+            let mut buf = Vec::new();
+            let mut results = Vec::with_capacity(group.len());
+            for request in group.iter() {
+                results.push(tables.append(request, recorded_at_us, &mut sequence, &mut buf)?);
+            }
+            Ok::<_, redb::Error>(results)
+        })();
+        let results = match appended {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = write.abort();
+                return failed(io("write the appends")(e));
+            }
+        };
+        if let Err(e) = write.commit() {
+            return failed(io("commit the appends")(e));
+        }
+        self.last_sequence = sequence - 1;
+        self.tip.send_replace(self.last_sequence);
+        if durable {
+            self.undurable_since = None;
+            self.durable.fetch_max(self.last_sequence, Ordering::AcqRel);
+        } else {
+            self.undurable_since.get_or_insert_with(Instant::now);
+        }
+        GroupResult {
+            appends: results,
+            synced: Ok(()),
         }
     }
 }
 
-/// One group being built: the batch, and the heads and ids it writes (later appends of the
-/// group must see them).
-struct Group<'t> {
-    tree: &'t Tree,
-    batch: sled::Batch,
-    /// Heads and event-id keys written by earlier appends of the group.
-    written: HashMap<Vec<u8>, Vec<u8>>,
-    sequence: u64,
-    buf: Vec<u8>,
+struct GroupResult {
+    appends: Vec<Result<AppendOutcome, StoreError>>,
+    /// `Err` carries the message of the failure, for every sync request of the group.
+    synced: Result<(), String>,
+}
+
+/// The tables of one write transaction.
+struct Tables<'t> {
+    log: redb::Table<'t, u64, &'static [u8]>,
+    heads: redb::Table<'t, &'static str, &'static [u8]>,
+    index: redb::Table<'t, &'static [u8], u64>,
+    ids: redb::Table<'t, &'static [u8], u64>,
 }
 
 /// A stream head: its last revision, and the id and log sequence of each of its first
@@ -425,40 +487,37 @@ impl Head {
     }
 }
 
-impl Group<'_> {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        if let Some(v) = self.written.get(key) {
-            return Ok(Some(v.clone()));
-        }
-        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
-    }
-
-    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.batch.insert(key.as_slice(), value.as_slice());
-        self.written.insert(key, value);
-    }
-
-    /// Whether `id` is already in the stream whose head is `head`.
-    fn seen(&self, stream: &str, head: &Head, id: &uuid::Uuid) -> Result<bool, StoreError> {
-        if head.holds(id) {
-            return Ok(true);
-        }
-        if head.revision < HEAD_IDS {
-            return Ok(false);
-        }
-        Ok(self.get(&stream_key(EVENT_ID, stream, id.as_bytes()))?.is_some())
-    }
-
-    /// One append. Checks happen before any write, so an `Err` means it wrote nothing.
-    fn append(&mut self, request: &AppendRequest, recorded_at_us: i64) -> Result<AppendOutcome, StoreError> {
+impl Tables<'_> {
+    /// One append. Checks happen before any write, so an inner `Err` means it wrote nothing;
+    /// an outer `Err` is an I/O failure that fails the whole group.
+    fn append(
+        &mut self,
+        request: &AppendRequest,
+        recorded_at_us: i64,
+        sequence: &mut u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<Result<AppendOutcome, StoreError>, redb::Error> {
         let stream = request.stream.as_str();
-        let head = self.get(&head_key(stream))?.map(|v| Head::decode(&v)).transpose()?;
+        let head = match self.heads.get(stream)? {
+            Some(v) => match Head::decode(v.value()) {
+                Ok(h) => Some(h),
+                Err(e) => return Ok(Err(e)),
+            },
+            None => None,
+        };
         let mut fresh = Vec::with_capacity(request.events.len());
         for event in &request.events {
             // A stream without a head has no events, so no ids to look up (most appends
             // of the domain create a stream: a claim, a new customer).
             let seen = match &head {
-                Some(h) => self.seen(stream, h, &event.event_id)?,
+                Some(h) => {
+                    h.holds(&event.event_id)
+                        || (h.revision >= HEAD_IDS
+                            && self
+                                .ids
+                                .get(stream_key(stream, event.event_id.as_bytes()).as_slice())?
+                                .is_some())
+                }
                 None => false,
             };
             if !seen {
@@ -468,20 +527,22 @@ impl Group<'_> {
         let last = head.as_ref().map(|h| h.revision);
         if let (true, Some(last)) = (fresh.is_empty(), last) {
             // Pure redelivery: every id is already there, whatever `expected` says.
-            return Ok(AppendOutcome {
+            return Ok(Ok(AppendOutcome {
                 last_revision: last,
                 appended: 0,
                 position: None,
-            });
+            }));
         }
-        request.expected.check(stream, last)?;
+        if let Err(e) = request.expected.check(stream, last) {
+            return Ok(Err(e));
+        }
         if fresh.is_empty() {
             // Empty batch on a stream that does not exist: nothing to write, nothing to report.
-            return Ok(AppendOutcome {
+            return Ok(Ok(AppendOutcome {
                 last_revision: 0,
                 appended: 0,
                 position: None,
-            });
+            }));
         }
         let mut head = head.unwrap_or(Head {
             revision: 0,
@@ -489,86 +550,102 @@ impl Group<'_> {
         });
         let mut revision = last.map_or(0, |h| h + 1);
         for event in &fresh {
-            self.buf.clear();
-            record::encode(&mut self.buf, stream, revision, recorded_at_us, event);
-            self.batch.insert(&log_key(self.sequence), self.buf.as_slice());
+            buf.clear();
+            record::encode(buf, stream, revision, recorded_at_us, event);
+            self.log.insert(*sequence, buf.as_slice())?;
             if revision < HEAD_IDS {
-                head.push(&event.event_id, self.sequence);
+                head.push(&event.event_id, *sequence);
             } else {
-                self.batch.insert(
-                    stream_key(INDEX, stream, &revision.to_be_bytes()),
-                    &self.sequence.to_be_bytes(),
-                );
-                self.put(
-                    stream_key(EVENT_ID, stream, event.event_id.as_bytes()),
-                    revision.to_be_bytes().to_vec(),
-                );
+                self.index
+                    .insert(stream_key(stream, &revision.to_be_bytes()).as_slice(), *sequence)?;
+                self.ids
+                    .insert(stream_key(stream, event.event_id.as_bytes()).as_slice(), revision)?;
             }
             revision += 1;
-            self.sequence += 1;
+            *sequence += 1;
         }
         head.revision = revision - 1;
-        self.put(head_key(stream), head.encode());
-        let last = self.sequence - 1;
-        Ok(AppendOutcome {
+        self.heads.insert(stream, head.encode().as_slice())?;
+        let last = *sequence - 1;
+        Ok(Ok(AppendOutcome {
             last_revision: head.revision,
             appended: fresh.len(),
             position: Some(GlobalPosition {
                 commit: last,
                 prepare: last,
             }),
-        })
+        }))
     }
 }
 
 impl Inner {
     fn read_log(&self, after: Option<GlobalPosition>, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         let start = after.map_or(0, |p| p.commit.saturating_add(1));
+        let read = self.db.begin_read().map_err(io("read the global log"))?;
+        let log = read.open_table(LOG).map_err(io("open the global log"))?;
         let mut out = Vec::with_capacity(max.min(4096));
-        for item in self.events.range(log_key(start)..=log_key(u64::MAX)).take(max) {
+        for item in log.range(start..).map_err(io("read the global log"))?.take(max) {
             let (key, value) = item.map_err(io("read the global log"))?;
-            let sequence = decode_u64(&key[1..], "log key")?;
-            out.push(record::decode(sequence, &value)?);
+            out.push(record::decode(key.value(), value.value())?);
         }
         Ok(out)
     }
 
     fn read_stream_blocking(&self, stream: &str, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        let Some(head) = self.events.get(head_key(stream))? else {
+        let read = self.db.begin_read().map_err(io("read a stream"))?;
+        let heads = read.open_table(HEADS).map_err(io("open the stream heads"))?;
+        let Some(head) = heads.get(stream).map_err(io("read a stream head"))? else {
             return Ok(Vec::new());
         };
-        let head = Head::decode(&head)?;
+        let head = Head::decode(head.value())?;
         // The first events' sequences are in the head, later ones in the stream index.
         let mut sequences: Vec<u64> = head.sequences(from).take(max).collect();
         if sequences.len() < max && head.revision >= HEAD_IDS {
-            let start = stream_key(INDEX, stream, &from.max(HEAD_IDS).to_be_bytes());
-            let end = stream_key(INDEX, stream, &u64::MAX.to_be_bytes());
-            for item in self.events.range(start..=end).take(max - sequences.len()) {
+            let index = read.open_table(INDEX).map_err(io("open the stream index"))?;
+            let start = stream_key(stream, &from.max(HEAD_IDS).to_be_bytes());
+            let end = stream_key(stream, &u64::MAX.to_be_bytes());
+            let range = index
+                .range(start.as_slice()..=end.as_slice())
+                .map_err(io("read the stream index"))?;
+            for item in range.take(max - sequences.len()) {
                 let (_, seq) = item.map_err(io("read the stream index"))?;
-                sequences.push(decode_u64(&seq, "stream index value")?);
+                sequences.push(seq.value());
             }
         }
+        let log = read.open_table(LOG).map_err(io("open the global log"))?;
         let mut out = Vec::with_capacity(sequences.len());
         for sequence in sequences {
-            let value: IVec = self.events.get(log_key(sequence))?.ok_or_else(|| {
+            let value = log.get(sequence).map_err(io("read the global log"))?.ok_or_else(|| {
                 StoreError::Corrupt(format!(
                     "stream {stream} points at log sequence {sequence}, which is missing"
                 ))
             })?;
-            out.push(record::decode(sequence, &value)?);
+            out.push(record::decode(sequence, value.value())?);
         }
         Ok(out)
     }
-}
 
-impl From<sled::Error> for StoreError {
-    fn from(e: sled::Error) -> Self {
-        StoreError::Io(format!("embedded event store: {e}"))
+    fn stream_revision(&self, stream: &str) -> Result<Option<u64>, StoreError> {
+        let read = self.db.begin_read().map_err(io("read a stream head"))?;
+        let heads = read.open_table(HEADS).map_err(io("open the stream heads"))?;
+        match heads.get(stream).map_err(io("read a stream head"))? {
+            Some(v) => Ok(Some(Head::decode(v.value())?.revision)),
+            None => Ok(None),
+        }
+    }
+
+    fn send(&self, request: Request) -> Result<(), StoreError> {
+        let requests = self.requests.as_ref().ok_or_else(writer_gone)?;
+        requests.send(request).map_err(|_| writer_gone())
     }
 }
 
+fn writer_gone() -> StoreError {
+    StoreError::Io("embedded event store: the writer thread has stopped; restart the process".into())
+}
+
 #[async_trait::async_trait]
-impl EventStore for SledStore {
+impl EventStore for EmbeddedStore {
     async fn append(
         &self,
         stream: &str,
@@ -576,16 +653,12 @@ impl EventStore for SledStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, StoreError> {
         let (reply, outcome) = tokio::sync::oneshot::channel();
-        let request = AppendRequest {
+        self.inner.send(Request::Append(AppendRequest {
             stream: stream.to_owned(),
             expected,
             events,
             reply,
-        };
-        let writer_gone =
-            || StoreError::Io("embedded event store: the writer thread has stopped; restart the process".into());
-        let requests = self.inner.requests.as_ref().ok_or_else(writer_gone)?;
-        requests.send(request).map_err(|_| writer_gone())?;
+        }))?;
         outcome.await.map_err(|_| writer_gone())?
     }
 
@@ -599,10 +672,7 @@ impl EventStore for SledStore {
     }
 
     async fn stream_revision(&self, stream: &str) -> Result<Option<u64>, StoreError> {
-        match self.inner.events.get(head_key(stream))? {
-            Some(v) => Ok(Some(Head::decode(&v)?.revision)),
-            None => Ok(None),
-        }
+        self.inner.stream_revision(stream)
     }
 
     async fn read_all(&self, after: Option<GlobalPosition>, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -621,17 +691,9 @@ impl EventStore for SledStore {
     }
 
     async fn sync(&self) -> Result<(), StoreError> {
-        let tip = *self.inner.tip.borrow();
-        // Not sled's `flush_async`: its pool task still holds the database for a moment
-        // after the future resolves, so dropping the store right after a sync could leave
-        // the directory locked and a reopen fail. A blocking task drops its clone first.
-        let db = self.inner.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| StoreError::Io(format!("embedded event store: the flush task failed: {e}")))?
-            .map_err(io("flush (fsync) the log"))?;
-        self.inner.durable.fetch_max(tip, std::sync::atomic::Ordering::AcqRel);
-        Ok(())
+        let (reply, done) = tokio::sync::oneshot::channel();
+        self.inner.send(Request::Sync(reply))?;
+        done.await.map_err(|_| writer_gone())?
     }
 
     fn last_position(&self) -> Option<GlobalPosition> {
@@ -643,7 +705,7 @@ impl EventStore for SledStore {
     }
 
     fn durable_position(&self) -> Option<GlobalPosition> {
-        let seq = self.inner.durable.load(std::sync::atomic::Ordering::Acquire);
+        let seq = self.inner.durable.load(Ordering::Acquire);
         Some(GlobalPosition {
             commit: seq,
             prepare: seq,

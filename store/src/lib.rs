@@ -1,7 +1,7 @@
 //! The `EventStore` port: append-only customer and identity streams with a
 //! global order, optimistic concurrency and subscriptions.
 //!
-//! Implementations: [`embedded::SledStore`] (default, on sled) and
+//! Implementations: [`embedded::EmbeddedStore`] (default, on sled) and
 //! [`kurrent::KurrentStore`] (KurrentDB/EventStoreDB, for scale-out). Both must pass
 //! [`conformance`].
 

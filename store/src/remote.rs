@@ -324,11 +324,11 @@ mod tests {
     use futures::StreamExt;
 
     use super::*;
-    use crate::embedded::SledStore;
+    use crate::embedded::EmbeddedStore;
 
     #[tokio::test(flavor = "multi_thread")]
     async fn reads_and_follows_a_store_served_by_another_process() {
-        let local: Arc<dyn EventStore> = Arc::new(SledStore::temporary().unwrap());
+        let local: Arc<dyn EventStore> = Arc::new(EmbeddedStore::temporary().unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(axum::serve(listener, router(local.clone())).into_future());

@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use store::conformance::{self, event, unique_stream};
-use store::embedded::SledStore;
+use store::embedded::EmbeddedStore;
 use store::{EventStore, ExpectedRevision, GlobalPosition};
 
-fn open(dir: &std::path::Path) -> SledStore {
-    match SledStore::open(dir) {
+fn open(dir: &std::path::Path) -> EmbeddedStore {
+    match EmbeddedStore::open(dir) {
         Ok(s) => s,
         Err(e) => panic!("open {}: {e}", dir.display()),
     }
@@ -23,13 +23,13 @@ async fn conformance_suite_passes_on_a_store_in_a_temp_dir() {
 
 #[tokio::test]
 async fn conformance_suite_passes_on_a_temporary_store() {
-    let store = SledStore::temporary().expect("temporary store");
+    let store = EmbeddedStore::temporary().expect("temporary store");
     conformance::run_all(&store).await;
 }
 
 #[tokio::test]
 async fn sequences_start_at_one_and_have_no_gaps() {
-    let store = SledStore::temporary().expect("temporary store");
+    let store = EmbeddedStore::temporary().expect("temporary store");
     assert_eq!(store.last_sequence(), 0);
     let (a, b) = (unique_stream("a"), unique_stream("b"));
     store
@@ -52,7 +52,7 @@ async fn sequences_start_at_one_and_have_no_gaps() {
 
 #[tokio::test]
 async fn stream_names_that_prefix_each_other_stay_apart() {
-    let store = SledStore::temporary().expect("temporary store");
+    let store = EmbeddedStore::temporary().expect("temporary store");
     store
         .append("customer-1", ExpectedRevision::NoStream, vec![event(0)])
         .await
@@ -168,7 +168,7 @@ async fn synced_appends_survive_a_process_abort() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_subscriber_sees_concurrent_appends_in_order_without_gaps() {
-    let store = SledStore::temporary().expect("temporary store");
+    let store = EmbeddedStore::temporary().expect("temporary store");
     let mut sub = store.subscribe_all(None);
     let writers: Vec<_> = (0..4)
         .map(|w| {
@@ -204,7 +204,7 @@ async fn a_live_subscriber_sees_concurrent_appends_in_order_without_gaps() {
 async fn the_same_event_appended_concurrently_is_stored_once() {
     // Concurrent appends usually land in one writer group: the idempotency check must see
     // ids staged earlier in the same group, not only those already in sled.
-    let store = SledStore::temporary().expect("temporary store");
+    let store = EmbeddedStore::temporary().expect("temporary store");
     for round in 0..20u32 {
         let stream = unique_stream("dup");
         let e = event(round);
@@ -226,37 +226,39 @@ async fn the_same_event_appended_concurrently_is_stored_once() {
 }
 
 #[tokio::test]
-async fn a_data_dir_in_the_earlier_layout_is_refused_with_what_to_do() {
+async fn a_data_dir_written_by_the_sled_store_is_refused_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     {
+        // What earlier versions left: a sled database with the `events` tree.
         let db = sled::open(dir.path()).unwrap();
-        db.open_tree("log")
+        db.open_tree("events")
             .unwrap()
-            .insert(1u64.to_be_bytes(), b"x".as_slice())
+            .insert(b"Mformat", 2u64.to_be_bytes().as_slice())
             .unwrap();
         db.flush().unwrap();
     }
-    let err = SledStore::open(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("earlier four-tree layout"), "{err}");
+    let err = EmbeddedStore::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("earlier version of crm (on sled)"), "{err}");
+    assert!(err.contains("move that data directory aside"), "{err}");
     assert!(err.contains(&dir.path().display().to_string()), "{err}");
 }
 
 #[tokio::test]
-async fn a_data_dir_in_layout_1_is_refused_with_what_to_do() {
-    // Layout 1: the same `events` tree, but no layout version and a stream index key per event.
+async fn a_store_file_in_another_layout_is_refused_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let db = sled::open(dir.path()).unwrap();
-        let mut log_key = vec![b'L'];
-        log_key.extend_from_slice(&1u64.to_be_bytes());
-        db.open_tree("events")
-            .unwrap()
-            .insert(log_key, b"x".as_slice())
-            .unwrap();
-        db.flush().unwrap();
+        let db = redb::Database::create(dir.path().join(store::embedded::FILE)).unwrap();
+        let write = db.begin_write().unwrap();
+        {
+            let mut meta = write
+                .open_table(redb::TableDefinition::<&str, u64>::new("meta"))
+                .unwrap();
+            meta.insert("format", 99).unwrap();
+        }
+        write.commit().unwrap();
     }
-    let err = SledStore::open(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("layout version 1"), "{err}");
+    let err = EmbeddedStore::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("layout version 99"), "{err}");
     assert!(err.contains("move that data directory aside"), "{err}");
     // A fresh directory is marked with the current layout and opens again.
     let fresh = tempfile::tempdir().unwrap();
@@ -266,7 +268,7 @@ async fn a_data_dir_in_layout_1_is_refused_with_what_to_do() {
 
 #[tokio::test]
 async fn last_position_is_the_tip_of_the_log() {
-    let store = SledStore::temporary().unwrap();
+    let store = EmbeddedStore::temporary().unwrap();
     assert_eq!(store.last_position(), None, "an empty store has no tip");
     let out = store
         .append(
