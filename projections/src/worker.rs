@@ -155,3 +155,52 @@ pub async fn rebuild<'p>(
         rebuild,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use store::embedded::EmbeddedStore;
+    use store::{EventStore, ExpectedRevision, NewEvent};
+
+    use super::*;
+    use crate::projector::ViewStore;
+
+    #[tokio::test]
+    async fn views_never_get_ahead_of_the_durable_log() {
+        let store = Arc::new(EmbeddedStore::temporary().unwrap());
+        let events = (0..5u128)
+            .map(|i| NewEvent {
+                event_id: uuid::Uuid::from_u128(i + 1),
+                event_type: "NoteV1".into(),
+                data: vec![1],
+                metadata: Vec::new(),
+            })
+            .collect();
+        store.append("other-1", ExpectedRevision::Any, events).await.unwrap();
+        let tip = store.last_position().unwrap();
+        assert!(
+            store.durable_position().unwrap() < tip,
+            "an append is acknowledged before it is durable"
+        );
+        let projector = Arc::new(Projector::new(
+            ViewStore::temporary().unwrap(),
+            phonenumber::country::Id::CN,
+        ));
+        let (stop, stopped) = watch::channel(false);
+        let dyn_store: Arc<dyn EventStore> = store.clone();
+        let following = tokio::spawn(follow(dyn_store, projector.clone(), stopped));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while projector.views().checkpoint().unwrap() != Some(tip) {
+            assert!(Instant::now() < deadline, "the projector did not reach the tip");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            store.durable_position().unwrap() >= tip,
+            "the views reached {tip:?} while the store was durable only to {:?}",
+            store.durable_position()
+        );
+        stop.send(true).unwrap();
+        following.await.unwrap().unwrap();
+    }
+}
