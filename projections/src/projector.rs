@@ -199,11 +199,11 @@ impl ViewStore {
         Ok(self.table()?.get(key)?.map(|v| v.value().to_vec()))
     }
 
-    /// Every key and value under `prefix`, in key order.
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<KeyValues, ProjectionError> {
+    /// The first `limit` keys and values under `prefix`, in key order.
+    fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<KeyValues, ProjectionError> {
         let end = prefix_end(prefix);
         let mut out = Vec::new();
-        for item in self.table()?.range(prefix..end.as_slice())? {
+        for item in self.table()?.range(prefix..end.as_slice())?.take(limit) {
             let (k, v) = item?;
             out.push((k.value().to_vec(), v.value().to_vec()));
         }
@@ -328,7 +328,7 @@ impl ViewStore {
     pub fn merge_history(&self, ids: &[String]) -> Result<Vec<MergeHistoryEntry>, ProjectionError> {
         let mut out: BTreeMap<u64, MergeHistoryEntry> = BTreeMap::new();
         for id in ids {
-            for (k, v) in self.scan_prefix(&history_prefix(id))? {
+            for (k, v) in self.scan_prefix(&history_prefix(id), usize::MAX)? {
                 let entry: MergeHistoryEntry = json(&k, &v)?;
                 out.entry(entry.position).or_insert(entry);
             }
@@ -380,7 +380,7 @@ impl ViewStore {
     /// Identifiers marked shared.
     pub fn shared_identifiers(&self, limit: usize) -> Result<Vec<SharedIdentifierEntry>, ProjectionError> {
         let mut out = Vec::new();
-        for (k, v) in self.scan_prefix(b"s/")?.into_iter().take(limit) {
+        for (k, v) in self.scan_prefix(b"s/", limit)? {
             out.push(json(&k, &v)?);
         }
         Ok(out)
@@ -539,7 +539,7 @@ impl<'a> Overlay<'a> {
     fn scan(&self, prefix: &[u8]) -> Result<KeyValues, ProjectionError> {
         let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         if let Some(store) = self.store {
-            out.extend(store.scan_prefix(prefix)?);
+            out.extend(store.scan_prefix(prefix, usize::MAX)?);
         }
         for (k, v) in self.writes.range(prefix.to_vec()..) {
             if !k.starts_with(prefix) {
@@ -556,15 +556,7 @@ impl<'a> Overlay<'a> {
     fn commit(self, position: GlobalPosition) -> Result<(), ProjectionError> {
         let mut batch = Vec::with_capacity(self.views.len() + self.owns.len() + self.writes.len() + 1);
         for (id, view) in self.views {
-            let value = view
-                .map(|v| {
-                    serde_json::to_vec(&v).map_err(|source| ProjectionError::BadView {
-                        key: id.clone(),
-                        source,
-                    })
-                })
-                .transpose()?;
-            batch.push((view_key(&id), value));
+            batch.push((view_key(&id), view.map(|v| to_json(&id, &v)).transpose()?));
         }
         for (id, view) in self.owns {
             batch.push((own_key(&id), view.map(|v| to_json(&id, &v)).transpose()?));

@@ -348,19 +348,14 @@ impl Writer {
         }
     }
 
-    /// Commits every acceptable append of `group` in one transaction (durably when asked, or
-    /// when nothing but a durable commit was asked for).
+    /// Commits every acceptable append of `group` in one transaction, durably when `durable`.
+    /// A group that writes nothing (redeliveries, wrong expected revisions) commits nothing
+    /// unless a durable commit is due.
     fn commit_group(&mut self, group: &mut [AppendRequest], durable: bool) -> GroupResult {
         for request in group.iter_mut() {
             // Duplicate ids inside one batch: keep the first, like a redelivery would.
             let mut seen = std::collections::HashSet::with_capacity(request.events.len());
             request.events.retain(|e| seen.insert(e.event_id));
-        }
-        if group.is_empty() && (!durable || self.undurable_since.is_none()) {
-            return GroupResult {
-                appends: Vec::new(),
-                synced: Ok(()),
-            };
         }
         let failed = |e: StoreError| GroupResult {
             appends: group
@@ -404,6 +399,13 @@ impl Writer {
                 return failed(io("write the appends")(e));
             }
         };
+        if sequence == self.last_sequence + 1 && (!durable || self.undurable_since.is_none()) {
+            let _ = write.abort();
+            return GroupResult {
+                appends: results,
+                synced: Ok(()),
+            };
+        }
         if let Err(e) = write.commit() {
             return failed(io("commit the appends")(e));
         }
