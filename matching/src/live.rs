@@ -11,7 +11,7 @@ use smallvec::SmallVec;
 use serde::{Deserialize, Serialize};
 
 use crate::blocking;
-use crate::compare::compare;
+use crate::compare::{Levels, NULL_LEVEL, compare, compare_one};
 use crate::model::Weights;
 use crate::record::{FIELD_COUNT, Record};
 use crate::store::{PreparedRecord, Row, Store, view_of};
@@ -56,6 +56,11 @@ pub struct LiveIndex {
     free: Vec<u32>,
     by_id: HashMap<Arc<str>, u32>,
     postings: HashMap<u64, Posting>,
+    /// Per field, the most it can add to a match weight ([`Weights::field_bound`]).
+    bounds: [f64; FIELD_COUNT],
+    /// Fields in the order a candidate is compared: the one that can count most against
+    /// a match first, so most candidates are ruled out after a field or two.
+    order: [usize; FIELD_COUNT],
     max_block_size: usize,
     max_candidates: usize,
     population_floor: usize,
@@ -77,8 +82,14 @@ impl LiveIndex {
     }
 
     fn with_model(model: Model) -> Self {
+        let weights = model.weights();
+        let bounds = std::array::from_fn(|i| weights.field_bound(i));
+        let mut order: [usize; FIELD_COUNT] = std::array::from_fn(|i| i);
+        order.sort_by(|&a, &b| weights.field_floor(a).total_cmp(&weights.field_floor(b)));
         LiveIndex {
-            weights: model.weights(),
+            weights,
+            bounds,
+            order,
             model,
             store: Store::default(),
             slots: Vec::new(),
@@ -237,7 +248,7 @@ impl LiveIndex {
             .filter_map(|slot| {
                 let (id, row) = self.slots[slot as usize].as_ref()?;
                 let stored = self.store.view(row);
-                let levels = compare(&query, &stored);
+                let levels = self.levels_unless_below(prior, t.review, &query, &stored, &non_null)?;
                 let weight = self.weights.match_weight(prior, &levels, &stored, &non_null);
                 let probability = crate::model::probability(weight);
                 if probability < t.review {
@@ -262,6 +273,32 @@ impl LiveIndex {
         scored
     }
 
+    /// The comparison levels of a candidate, or `None` as soon as the fields compared so far
+    /// show that its match probability stays below `review` whatever the others are (each
+    /// field not yet compared is counted at its [`Weights::field_bound`]). Those candidates
+    /// would be dropped anyway; the others get exactly the levels of `compare`.
+    fn levels_unless_below(
+        &self,
+        prior: f64,
+        review: f64,
+        query: &crate::store::View<'_>,
+        stored: &crate::store::View<'_>,
+        non_null: &[u64; FIELD_COUNT],
+    ) -> Option<Levels> {
+        // Covers the rounding of summing the same weights in another order.
+        const SLACK: f64 = 1e-9;
+        let mut levels: Levels = [NULL_LEVEL; FIELD_COUNT];
+        let mut bound = prior + self.bounds.iter().sum::<f64>();
+        for &i in &self.order {
+            levels[i] = compare_one(i, query, stored);
+            bound += self.weights.level_weight(i, levels[i], stored, non_null) - self.bounds[i];
+            if crate::model::probability(bound + SLACK) < review {
+                return None;
+            }
+        }
+        Some(levels)
+    }
+
     /// Explains the score of two records directly (no index, no term frequencies).
     pub fn explain_pair(&self, a: &Record, b: &Record) -> Explanation {
         let empty = Store::default();
@@ -273,5 +310,64 @@ impl LiveIndex {
             &vb,
             &[0; FIELD_COUNT],
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Field;
+
+    /// Generated people (30% duplicates), every stored-query pair at the prior that puts it
+    /// just above the review threshold (never ruled out: it would be dropped wrongly) and
+    /// just below (ruled out, or else given exactly the levels of a full comparison).
+    #[test]
+    fn candidates_ruled_out_early_are_exactly_ones_scoring_below_review() {
+        let mut csv_bytes = Vec::new();
+        crate::generate::generate(600, 0.3, 7, &mut csv_bytes).unwrap();
+        let mut reader = csv::Reader::from_reader(csv_bytes.as_slice());
+        let fields: Vec<Option<Field>> = reader.headers().unwrap().iter().map(Field::from_header).collect();
+        let records: Vec<Record> = reader
+            .records()
+            .map(|row| {
+                let row = row.unwrap();
+                fields
+                    .iter()
+                    .zip(row.iter())
+                    .filter_map(|(f, v)| Some((*f)?).filter(|_| !v.is_empty()).map(|f| (f, v)))
+                    .fold(Record::new(), |r, (f, v)| r.with(f, v))
+            })
+            .collect();
+        let (stored, queries) = records.split_at(400);
+        let mut index = LiveIndex::default();
+        for (i, r) in stored.iter().enumerate() {
+            index.insert(i.to_string(), r);
+        }
+        let review = index.model.thresholds.review;
+        // The weight at which the probability reaches `review`.
+        let at_review = (review / (1.0 - review)).log2();
+        let non_null = std::array::from_fn(|i| index.store.columns[i].non_null);
+        let mut ruled_out = 0;
+        for q in queries {
+            let prepared = index.store.prepare(q, &ALL_FIELDS);
+            let query = view_of(&prepared);
+            for (_, row) in index.slots.iter().flatten() {
+                let stored = index.store.view(row);
+                let full = compare(&query, &stored);
+                let evidence = index.weights.match_weight(0.0, &full, &stored, &non_null);
+                // Priors that put this pair just above and just below the review threshold.
+                let above = at_review - evidence + 1e-6;
+                assert_eq!(
+                    index.levels_unless_below(above, review, &query, &stored, &non_null),
+                    Some(full),
+                    "a pair just above review was ruled out"
+                );
+                match index.levels_unless_below(above - 2e-6, review, &query, &stored, &non_null) {
+                    None => ruled_out += 1,
+                    Some(levels) => assert_eq!(levels, full),
+                }
+            }
+        }
+        assert!(ruled_out > 0, "no pair just below review was ruled out early");
     }
 }

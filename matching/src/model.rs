@@ -278,9 +278,30 @@ impl Weights {
     pub fn match_weight(&self, prior_weight: f64, levels: &Levels, b: &View<'_>, non_null: &[u64; FIELD_COUNT]) -> f64 {
         let mut total = prior_weight;
         for (i, &level) in levels.iter().enumerate() {
-            total += self.field_weight(i, level, term_frequency(i, level, b, non_null)).0;
+            total += self.level_weight(i, level, b, non_null);
         }
         total
+    }
+
+    /// What field `i` at `level` adds to [`Weights::match_weight`].
+    pub fn level_weight(&self, i: usize, level: u8, b: &View<'_>, non_null: &[u64; FIELD_COUNT]) -> f64 {
+        self.field_weight(i, level, term_frequency(i, level, b, non_null)).0
+    }
+
+    /// The most field `i` can add to a match weight, whatever the pair: its best level, or
+    /// the largest term-frequency boost of an exact agreement (a null adds 0).
+    pub fn field_bound(&self, i: usize) -> f64 {
+        let levels = self.level[i].iter().copied().fold(0.0, f64::max);
+        if self.term_frequency[i] {
+            levels.max((self.m_exact[i] * self.max_boost / self.u_exact[i]).log2())
+        } else {
+            levels
+        }
+    }
+
+    /// The least field `i` can add (its worst level, or 0 for a null).
+    pub fn field_floor(&self, i: usize) -> f64 {
+        self.level[i].iter().copied().fold(0.0, f64::min)
     }
 
     /// Same as [`Weights::match_weight`] with the per-field breakdown.
