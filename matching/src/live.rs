@@ -243,12 +243,13 @@ impl LiveIndex {
         let non_null = std::array::from_fn(|i| self.store.columns[i].non_null);
         let t = self.model.thresholds;
         let prior = self.weights.prior_weight(self.population());
+        let at_review = crate::model::weight_at(t.review);
         let mut scored: Vec<ScoredCandidate> = candidates
             .into_iter()
             .filter_map(|slot| {
                 let (id, row) = self.slots[slot as usize].as_ref()?;
                 let stored = self.store.view(row);
-                let levels = self.levels_unless_below(prior, t.review, &query, &stored, &non_null)?;
+                let levels = self.levels_unless_below(prior, at_review, &query, &stored, &non_null)?;
                 let weight = self.weights.match_weight(prior, &levels, &stored, &non_null);
                 let probability = crate::model::probability(weight);
                 if probability < t.review {
@@ -274,25 +275,27 @@ impl LiveIndex {
     }
 
     /// The comparison levels of a candidate, or `None` as soon as the fields compared so far
-    /// show that its match probability stays below `review` whatever the others are (each
-    /// field not yet compared is counted at its [`Weights::field_bound`]). Those candidates
-    /// would be dropped anyway; the others get exactly the levels of `compare`.
+    /// show that its match weight stays below `at_review` (the weight of the review
+    /// probability) whatever the others are (each field not yet compared is counted at its
+    /// [`Weights::field_bound`]). Those candidates would be dropped anyway; the others get
+    /// exactly the levels of `compare`.
     fn levels_unless_below(
         &self,
         prior: f64,
-        review: f64,
+        at_review: f64,
         query: &crate::store::View<'_>,
         stored: &crate::store::View<'_>,
         non_null: &[u64; FIELD_COUNT],
     ) -> Option<Levels> {
-        // Covers the rounding of summing the same weights in another order.
+        // Covers the rounding of summing the same weights in another order, and of the
+        // probability's inverse.
         const SLACK: f64 = 1e-9;
         let mut levels: Levels = [NULL_LEVEL; FIELD_COUNT];
         let mut bound = prior + self.bounds.iter().sum::<f64>();
         for &i in &self.order {
             levels[i] = compare_one(i, query, stored);
             bound += self.weights.level_weight(i, levels[i], stored, non_null) - self.bounds[i];
-            if crate::model::probability(bound + SLACK) < review {
+            if bound + SLACK < at_review {
                 return None;
             }
         }
@@ -343,9 +346,7 @@ mod tests {
         for (i, r) in stored.iter().enumerate() {
             index.insert(i.to_string(), r);
         }
-        let review = index.model.thresholds.review;
-        // The weight at which the probability reaches `review`.
-        let at_review = (review / (1.0 - review)).log2();
+        let at_review = crate::model::weight_at(index.model.thresholds.review);
         let non_null = std::array::from_fn(|i| index.store.columns[i].non_null);
         let mut ruled_out = 0;
         for q in queries {
@@ -358,11 +359,11 @@ mod tests {
                 // Priors that put this pair just above and just below the review threshold.
                 let above = at_review - evidence + 1e-6;
                 assert_eq!(
-                    index.levels_unless_below(above, review, &query, &stored, &non_null),
+                    index.levels_unless_below(above, at_review, &query, &stored, &non_null),
                     Some(full),
                     "a pair just above review was ruled out"
                 );
-                match index.levels_unless_below(above - 2e-6, review, &query, &stored, &non_null) {
+                match index.levels_unless_below(above - 2e-6, at_review, &query, &stored, &non_null) {
                     None => ruled_out += 1,
                     Some(levels) => assert_eq!(levels, full),
                 }

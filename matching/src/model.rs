@@ -356,3 +356,8 @@ fn term_frequency(i: usize, level: u8, b: &View<'_>, non_null: &[u64; FIELD_COUN
 pub(crate) fn probability(match_weight: f64) -> f64 {
     1.0 / (1.0 + (-match_weight).exp2())
 }
+
+/// The log2 odds at which [`probability`] reaches `p` (its inverse).
+pub(crate) fn weight_at(p: f64) -> f64 {
+    (p / (1.0 - p)).log2()
+}
