@@ -37,9 +37,50 @@ pub struct ScoredCandidate {
     pub explanation: Explanation,
 }
 
-/// Slots sharing one blocking key. Most keys belong to one customer: up to four slots
-/// are kept inline (no allocation), which matters at a million customers.
+/// Slots sharing one blocking key (two or more): up to four are kept inline (no allocation).
 type Posting = SmallVec<[u32; 4]>;
+
+/// Blocking key → the slots that have it. Most keys belong to one customer (a phone, an
+/// email): those take a 16-byte entry of their own instead of a 32-byte list entry, which
+/// matters at a million customers; keys shared by several slots have a list.
+#[derive(Debug, Default)]
+struct Postings {
+    single: HashMap<u64, u32>,
+    multi: HashMap<u64, Posting>,
+}
+
+impl Postings {
+    fn add(&mut self, key: u64, slot: u32) {
+        if let Some(list) = self.multi.get_mut(&key) {
+            list.push(slot);
+        } else if let Some(first) = self.single.remove(&key) {
+            self.multi.insert(key, SmallVec::from_slice(&[first, slot]));
+        } else {
+            self.single.insert(key, slot);
+        }
+    }
+
+    fn remove(&mut self, key: u64, slot: u32) {
+        if self.single.get(&key) == Some(&slot) {
+            self.single.remove(&key);
+        } else if let Some(list) = self.multi.get_mut(&key) {
+            list.retain(|s| *s != slot);
+            if let [last] = list[..] {
+                self.multi.remove(&key);
+                self.single.insert(key, last);
+            } else if list.is_empty() {
+                self.multi.remove(&key);
+            }
+        }
+    }
+
+    fn get(&self, key: u64) -> Option<&[u32]> {
+        match self.single.get(&key) {
+            Some(slot) => Some(std::slice::from_ref(slot)),
+            None => self.multi.get(&key).map(|l| l.as_slice()),
+        }
+    }
+}
 
 /// Incremental blocking index over known customers.
 ///
@@ -55,7 +96,7 @@ pub struct LiveIndex {
     slots: Vec<Option<(Arc<str>, Row)>>,
     free: Vec<u32>,
     by_id: HashMap<Arc<str>, u32>,
-    postings: HashMap<u64, Posting>,
+    postings: Postings,
     /// Per field, the most it can add to a match weight ([`Weights::field_bound`]).
     bounds: [f64; FIELD_COUNT],
     /// Fields in the order a candidate is compared: the one that can count most against
@@ -95,7 +136,7 @@ impl LiveIndex {
             slots: Vec::new(),
             free: Vec::new(),
             by_id: HashMap::new(),
-            postings: HashMap::new(),
+            postings: Postings::default(),
             max_block_size: 200,
             max_candidates: 250,
             population_floor: 100_000,
@@ -178,7 +219,7 @@ impl LiveIndex {
         keys.sort_unstable();
         keys.dedup();
         for k in keys {
-            self.postings.entry(k).or_default().push(slot);
+            self.postings.add(k, slot);
         }
         self.slots[slot as usize] = Some((Arc::clone(&id), row));
         self.by_id.insert(id, slot);
@@ -195,12 +236,7 @@ impl LiveIndex {
         let mut keys = Vec::new();
         blocking::keys(&self.store.view(&row), &mut keys);
         for k in keys {
-            if let Some(list) = self.postings.get_mut(&k) {
-                list.retain(|s| *s != slot);
-                if list.is_empty() {
-                    self.postings.remove(&k);
-                }
-            }
+            self.postings.remove(k, slot);
         }
         self.store.release(&row);
         self.free.push(slot);
@@ -225,9 +261,9 @@ impl LiveIndex {
         let mut keys = Vec::new();
         blocking::keys(&query, &mut keys);
         // Most selective keys first, until the candidate budget is spent.
-        let mut lists: Vec<&Posting> = keys
+        let mut lists: Vec<&[u32]> = keys
             .iter()
-            .filter_map(|k| self.postings.get(k))
+            .filter_map(|&k| self.postings.get(k))
             .filter(|l| l.len() <= self.max_block_size)
             .collect();
         lists.sort_by_key(|l| l.len());
@@ -320,6 +356,29 @@ impl LiveIndex {
 mod tests {
     use super::*;
     use crate::record::Field;
+
+    #[test]
+    fn postings_move_between_one_slot_and_a_list() {
+        let mut p = Postings::default();
+        p.add(7, 1);
+        assert_eq!(p.get(7), Some(&[1][..]));
+        p.add(7, 2);
+        p.add(7, 3);
+        assert_eq!(p.get(7), Some(&[1, 2, 3][..]));
+        p.remove(7, 1);
+        p.remove(7, 3);
+        assert_eq!(p.get(7), Some(&[2][..]));
+        assert!(p.multi.is_empty(), "a key left with one slot takes the single map");
+        p.remove(7, 9);
+        assert_eq!(
+            p.get(7),
+            Some(&[2][..]),
+            "removing a slot the key lacks changes nothing"
+        );
+        p.remove(7, 2);
+        assert_eq!(p.get(7), None);
+        assert!(p.single.is_empty() && p.multi.is_empty());
+    }
 
     /// Generated people (30% duplicates), every stored-query pair at the prior that puts it
     /// just above the review threshold (never ruled out: it would be dropped wrongly) and
