@@ -4,7 +4,7 @@
 //! frequencies follow the index as records come and go.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::hash::BuildHasher;
 
 use smallvec::SmallVec;
 
@@ -39,6 +39,16 @@ pub struct ScoredCandidate {
 
 /// Slots sharing one blocking key (two or more): up to four are kept inline (no allocation).
 type Posting = SmallVec<[u32; 4]>;
+
+/// One customer's place in the index: its id (a span of [`LiveIndex::ids`]) and row.
+#[derive(Debug)]
+struct Slot {
+    id_start: usize,
+    id_len: usize,
+    row: Row,
+    /// False once removed (the slot waits in the free list).
+    live: bool,
+}
 
 /// Blocking key → the slots that have it. Most keys belong to one customer (a phone, an
 /// email): those take a 16-byte entry of their own instead of a 32-byte list entry, which
@@ -84,18 +94,23 @@ impl Postings {
 
 /// Incremental blocking index over known customers.
 ///
-/// Memory (measured through `crm bench import`): each customer costs its row (one
-/// vocabulary id per field), its id once (shared by the slot and the id map), its
-/// blocking keys (inline posting lists) and its distinct values' vocabulary entries. Raw
+/// Memory (measured through `crm bench import`): each customer costs its slot (row: one
+/// vocabulary id per field; its id's span in one shared string), an id-map entry (the slot
+/// number, hashed by the id), its blocking keys (a slot number for a key nobody else has,
+/// inline lists otherwise) and its distinct values' vocabulary entries. Raw
 /// records are not kept: an update is laid over the stored entries ([`LiveIndex::upsert`]).
 #[derive(Debug)]
 pub struct LiveIndex {
     model: Model,
     weights: Weights,
     store: Store,
-    slots: Vec<Option<(Arc<str>, Row)>>,
+    slots: Vec<Slot>,
+    /// Every slot's customer id, one after the other (no allocation per id).
+    ids: String,
     free: Vec<u32>,
-    by_id: HashMap<Arc<str>, u32>,
+    /// Live slots, hashed by their id.
+    by_id: hashbrown::HashTable<u32>,
+    hasher: hashbrown::DefaultHashBuilder,
     postings: Postings,
     /// Per field, the most it can add to a match weight ([`Weights::field_bound`]).
     bounds: [f64; FIELD_COUNT],
@@ -134,8 +149,10 @@ impl LiveIndex {
             model,
             store: Store::default(),
             slots: Vec::new(),
+            ids: String::new(),
             free: Vec::new(),
-            by_id: HashMap::new(),
+            by_id: hashbrown::HashTable::new(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
             postings: Postings::default(),
             max_block_size: 200,
             max_candidates: 250,
@@ -189,11 +206,8 @@ impl LiveIndex {
     /// alone when `base` is unknown).
     fn overlaid(&self, base: &str, update: &Record) -> PreparedRecord {
         let mut prepared = self.store.prepare(update, &ALL_FIELDS);
-        let stored = self
-            .by_id
-            .get(base)
-            .and_then(|&slot| self.slots[slot as usize].as_ref());
-        if let Some((_, row)) = stored {
+        if let Some(slot) = self.slot_of(base) {
+            let row = &self.slots[slot as usize].row;
             for (field, entry) in prepared.iter_mut().zip(self.store.view(row)) {
                 if field.is_none() {
                     *field = entry.cloned();
@@ -203,17 +217,40 @@ impl LiveIndex {
         prepared
     }
 
+    /// The id of a slot (live or not).
+    fn id_of(&self, slot: &Slot) -> &str {
+        &self.ids[slot.id_start..slot.id_start + slot.id_len]
+    }
+
+    /// The live slot of `id`.
+    fn slot_of(&self, id: &str) -> Option<u32> {
+        self.by_id
+            .find(self.hasher.hash_one(id), |&s| self.id_of(&self.slots[s as usize]) == id)
+            .copied()
+    }
+
     fn put(&mut self, id: &str, prepared: PreparedRecord) {
         self.remove(id);
-        let id: Arc<str> = Arc::from(id);
         let row = self.store.intern(prepared);
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
-                self.slots.push(None);
+                self.slots.push(Slot {
+                    id_start: 0,
+                    id_len: 0,
+                    row: [crate::store::NULL; FIELD_COUNT],
+                    live: false,
+                });
                 (self.slots.len() - 1) as u32
             }
         };
+        // An update removes and puts the same id, and gets its slot back: keep its text.
+        let i = slot as usize;
+        if self.id_of(&self.slots[i]) != id {
+            self.slots[i].id_start = self.ids.len();
+            self.slots[i].id_len = id.len();
+            self.ids.push_str(id);
+        }
         let mut keys = Vec::new();
         blocking::keys(&self.store.view(&row), &mut keys);
         keys.sort_unstable();
@@ -221,18 +258,37 @@ impl LiveIndex {
         for k in keys {
             self.postings.add(k, slot);
         }
-        self.slots[slot as usize] = Some((Arc::clone(&id), row));
-        self.by_id.insert(id, slot);
+        self.slots[i].row = row;
+        self.slots[i].live = true;
+        let LiveIndex {
+            by_id,
+            hasher,
+            slots,
+            ids,
+            ..
+        } = self;
+        let id_of = |s: u32| {
+            let s = &slots[s as usize];
+            &ids[s.id_start..s.id_start + s.id_len]
+        };
+        by_id.insert_unique(hasher.hash_one(id), slot, |&s| hasher.hash_one(id_of(s)));
     }
 
     /// Removes a customer (after a merge or an erasure); false when unknown.
     pub fn remove(&mut self, id: &str) -> bool {
-        let Some(slot) = self.by_id.remove(id) else {
+        let hash = self.hasher.hash_one(id);
+        let LiveIndex { by_id, slots, ids, .. } = &mut *self;
+        let found = by_id.find_entry(hash, |&s| {
+            let s = &slots[s as usize];
+            &ids[s.id_start..s.id_start + s.id_len] == id
+        });
+        let Ok(entry) = found else {
             return false;
         };
-        let Some((_, row)) = self.slots[slot as usize].take() else {
-            return false;
-        };
+        let (slot, _) = entry.remove();
+        let slot_state = &mut self.slots[slot as usize];
+        slot_state.live = false;
+        let row = slot_state.row;
         let mut keys = Vec::new();
         blocking::keys(&self.store.view(&row), &mut keys);
         for k in keys {
@@ -283,7 +339,11 @@ impl LiveIndex {
         let mut scored: Vec<ScoredCandidate> = candidates
             .into_iter()
             .filter_map(|slot| {
-                let (id, row) = self.slots[slot as usize].as_ref()?;
+                let s = &self.slots[slot as usize];
+                if !s.live {
+                    return None;
+                }
+                let (id, row) = (self.id_of(s), &s.row);
                 let stored = self.store.view(row);
                 let levels = self.levels_unless_below(prior, at_review, &query, &stored, &non_null)?;
                 let weight = self.weights.match_weight(prior, &levels, &stored, &non_null);
@@ -358,6 +418,32 @@ mod tests {
     use crate::record::Field;
 
     #[test]
+    fn a_freed_slot_takes_its_new_id_and_updates_keep_the_id_text() {
+        let person = |phone: &str| Record::new().with(Field::FullName, "王伟").with(Field::Phone, phone);
+        let mut index = LiveIndex::default();
+        index.insert("customer-a", &person("13800138000"));
+        index.insert("customer-b", &person("13900139000"));
+        let text = index.ids.len();
+        for _ in 0..3 {
+            index.upsert("customer-a", &person("13800138000"));
+        }
+        assert_eq!(index.ids.len(), text, "an update keeps its slot and its id text");
+        assert!(index.remove("customer-a"));
+        assert!(!index.remove("customer-a"));
+        index.insert("customer-c", &person("13800138000"));
+        assert_eq!(index.len(), 2);
+        assert_eq!(index.slot_of("customer-a"), None);
+        let c = index.slot_of("customer-c").expect("c is indexed");
+        assert_eq!(index.id_of(&index.slots[c as usize]), "customer-c");
+        let found: Vec<String> = index
+            .score_candidates(&person("13800138000"))
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(found, vec!["customer-c".to_string()]);
+    }
+
+    #[test]
     fn postings_move_between_one_slot_and_a_list() {
         let mut p = Postings::default();
         p.add(7, 1);
@@ -411,8 +497,8 @@ mod tests {
         for q in queries {
             let prepared = index.store.prepare(q, &ALL_FIELDS);
             let query = view_of(&prepared);
-            for (_, row) in index.slots.iter().flatten() {
-                let stored = index.store.view(row);
+            for s in index.slots.iter().filter(|s| s.live) {
+                let stored = index.store.view(&s.row);
                 let full = compare(&query, &stored);
                 let evidence = index.weights.match_weight(0.0, &full, &stored, &non_null);
                 // Priors that put this pair just above and just below the review threshold.
