@@ -47,13 +47,13 @@ pub(crate) fn keys(v: &View<'_>, out: &mut Vec<u64>) {
     let given = get(v, Field::GivenName);
     let surname = get(v, Field::Surname);
     if let (Some(g), Some(s)) = (given, surname) {
-        out.push(key_hash(0, &sorted(&g.key, &s.key)));
-        if !g.alt.is_empty() && !s.alt.is_empty() {
-            out.push(key_hash(1, &sorted(&g.alt, &s.alt)));
+        out.push(key_hash(0, &sorted(g.key(), s.key())));
+        if !g.alt().is_empty() && !s.alt().is_empty() {
+            out.push(key_hash(1, &sorted(g.alt(), s.alt())));
         }
     }
     if let Some(f) = get(v, Field::FullName) {
-        out.push(key_hash(2, &[&f.alt]));
+        out.push(key_hash(2, &[f.alt()]));
     }
     if let Some(d) = get(v, Field::DateOfBirth) {
         let mut initials: Vec<char> = [given, surname]
@@ -64,7 +64,7 @@ pub(crate) fn keys(v: &View<'_>, out: &mut Vec<u64>) {
         initials.dedup();
         for c in initials {
             let mut buf = [0u8; 4];
-            out.push(key_hash(3, &[&d.key, c.encode_utf8(&mut buf)]));
+            out.push(key_hash(3, &[d.key(), c.encode_utf8(&mut buf)]));
         }
     }
     // Any two of these agreeing exactly: a duplicate with several corrupted
@@ -73,19 +73,19 @@ pub(crate) fn keys(v: &View<'_>, out: &mut Vec<u64>) {
         let Some(x) = get(v, f) else { continue };
         for (j, &g) in PAIRED.iter().enumerate().skip(i + 1) {
             if let Some(y) = get(v, g) {
-                out.push(key_hash(16 + (i * PAIRED.len() + j) as u8, &[&x.key, &y.key]));
+                out.push(key_hash(16 + (i * PAIRED.len() + j) as u8, &[x.key(), y.key()]));
             }
         }
     }
     if let Some(p) = get(v, Field::Phone)
-        && p.key.len() >= 6
+        && p.key().len() >= 6
     {
-        out.push(key_hash(7, &[&p.alt]));
+        out.push(key_hash(7, &[p.alt()]));
     }
     if let Some(e) = get(v, Field::Email) {
-        out.push(key_hash(8, &[&e.alt, e.key.rsplit('@').next().unwrap_or_default()]));
+        out.push(key_hash(8, &[e.alt(), e.key().rsplit('@').next().unwrap_or_default()]));
     }
     if let Some(id) = get(v, Field::NationalId) {
-        out.push(key_hash(9, &[&id.key]));
+        out.push(key_hash(9, &[id.key()]));
     }
 }

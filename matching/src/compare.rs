@@ -89,7 +89,7 @@ pub(crate) fn unpack(packed: u64) -> Levels {
 }
 
 fn compare_field(field: Field, x: &Entry, y: &Entry, a: &View<'_>, b: &View<'_>) -> u8 {
-    let (xk, yk) = (&*x.key, &*y.key);
+    let (xk, yk) = (x.key(), y.key());
     // Interned values are shared, so the same entry means the same key.
     if std::ptr::eq(x, y) || xk == yk {
         return 0;
@@ -105,14 +105,14 @@ fn compare_field(field: Field, x: &Entry, y: &Entry, a: &View<'_>, b: &View<'_>)
                 Field::GivenName
             }
             .index();
-            let swapped = |p: Option<&Entry>, q: &Entry| p.is_some_and(|p| p.key == q.key);
+            let swapped = |p: Option<&Entry>, q: &Entry| p.is_some_and(|p| p.key() == q.key());
             if swapped(b[other], x) || swapped(a[other], y) {
                 return 2;
             }
             let jw = jaro_winkler(xk, yk);
             if jw >= 0.92 {
                 3
-            } else if !x.alt.is_empty() && x.alt == y.alt {
+            } else if !x.alt().is_empty() && x.alt() == y.alt() {
                 4
             } else if jw >= 0.80 {
                 5
@@ -121,13 +121,13 @@ fn compare_field(field: Field, x: &Entry, y: &Entry, a: &View<'_>, b: &View<'_>)
             }
         }
         Field::FullName => {
-            if x.alt == y.alt {
+            if x.alt() == y.alt() {
                 return 1;
             }
             if within_one_edit(xk, yk) {
                 return 2;
             }
-            let jw = jaro_winkler(xk, yk).max(jaro_winkler(&x.alt, &y.alt));
+            let jw = jaro_winkler(xk, yk).max(jaro_winkler(x.alt(), y.alt()));
             if jw >= 0.92 {
                 3
             } else if jw >= 0.80 {
@@ -189,7 +189,7 @@ fn compare_field(field: Field, x: &Entry, y: &Entry, a: &View<'_>, b: &View<'_>)
             }
         }
         Field::Phone => {
-            if x.alt.len() >= 7 && x.alt == y.alt {
+            if x.alt().len() >= 7 && x.alt() == y.alt() {
                 1
             } else if within_one_edit(xk, yk) {
                 2
@@ -198,7 +198,7 @@ fn compare_field(field: Field, x: &Entry, y: &Entry, a: &View<'_>, b: &View<'_>)
             }
         }
         Field::Email => {
-            if !x.alt.is_empty() && x.alt == y.alt {
+            if !x.alt().is_empty() && x.alt() == y.alt() {
                 1
             } else if within_one_edit(xk, yk) {
                 2

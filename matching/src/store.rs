@@ -16,11 +16,12 @@ pub(crate) type Row = [u32; FIELD_COUNT];
 
 /// A normalised value: `key` decides exact agreement, `alt` is a helper
 /// (phonetic code for names, reordered tokens for full names, last 8 digits of
-/// a phone, canonical local part of an email).
+/// a phone, canonical local part of an email). Both live in one allocation (key, then
+/// alt): at a million customers most phones and emails are entries of their own.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Entry {
-    pub key: Box<str>,
-    pub alt: Box<str>,
+    text: Box<str>,
+    key_len: u32,
     pub count: u32,
 }
 
@@ -52,16 +53,32 @@ impl Entry {
                 (text::tokens(raw).concat(), String::new())
             }
         };
-        (!key.is_empty()).then(|| Entry {
-            key: key.into(),
-            alt: alt.into(),
+        (!key.is_empty()).then(|| Entry::new(&key, &alt))
+    }
+
+    fn new(key: &str, alt: &str) -> Entry {
+        let mut text = String::with_capacity(key.len() + alt.len());
+        text.push_str(key);
+        text.push_str(alt);
+        Entry {
+            text: text.into(),
+            // Normalised field values are short; a key over 4 GiB cannot come from a record.
+            key_len: u32::try_from(key.len()).unwrap_or(u32::MAX),
             count: 0,
-        })
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        &self.text[..self.key_len as usize]
+    }
+
+    pub fn alt(&self) -> &str {
+        &self.text[self.key_len as usize..]
     }
 
     /// First character of the key (blocking on initials).
     pub fn initial(&self) -> Option<char> {
-        self.key.chars().next()
+        self.key().chars().next()
     }
 }
 
@@ -81,13 +98,13 @@ impl Column {
     fn find(&self, key: &str) -> Option<u32> {
         let hash = self.hasher.hash_one(key);
         self.index
-            .find(hash, |&id| &*self.entries[id as usize].key == key)
+            .find(hash, |&id| self.entries[id as usize].key() == key)
             .copied()
     }
 
     fn intern(&mut self, entry: Entry) -> u32 {
         self.non_null += 1;
-        if let Some(id) = self.find(&entry.key) {
+        if let Some(id) = self.find(entry.key()) {
             self.entries[id as usize].count += 1;
             return id;
         }
@@ -95,8 +112,8 @@ impl Column {
         let Column {
             index, hasher, entries, ..
         } = self;
-        index.insert_unique(hasher.hash_one(&*entry.key), id, |&other| {
-            hasher.hash_one(&*entries[other as usize].key)
+        index.insert_unique(hasher.hash_one(entry.key()), id, |&other| {
+            hasher.hash_one(entries[other as usize].key())
         });
         entries.push(Entry { count: 1, ..entry });
         id
@@ -151,7 +168,7 @@ impl Store {
                 .get(field)
                 .filter(|_| enabled[i])
                 .and_then(|raw| Entry::prepare(field, raw))?;
-            e.count = self.columns[i].count_of(&e.key);
+            e.count = self.columns[i].count_of(e.key());
             Some(e)
         })
     }
