@@ -50,6 +50,13 @@ struct Slot {
     live: bool,
 }
 
+impl Slot {
+    /// Its id, a span of the index's id string.
+    fn id<'a>(&self, ids: &'a str) -> &'a str {
+        &ids[self.id_start..self.id_start + self.id_len]
+    }
+}
+
 /// Blocking key → the slots that have it. Most keys belong to one customer (a phone, an
 /// email): those take a 16-byte entry of their own instead of a 32-byte list entry, which
 /// matters at a million customers; keys shared by several slots have a list.
@@ -219,7 +226,7 @@ impl LiveIndex {
 
     /// The id of a slot (live or not).
     fn id_of(&self, slot: &Slot) -> &str {
-        &self.ids[slot.id_start..slot.id_start + slot.id_len]
+        slot.id(&self.ids)
     }
 
     /// The live slot of `id`.
@@ -260,28 +267,18 @@ impl LiveIndex {
         }
         self.slots[i].row = row;
         self.slots[i].live = true;
-        let LiveIndex {
-            by_id,
-            hasher,
-            slots,
-            ids,
-            ..
-        } = self;
-        let id_of = |s: u32| {
-            let s = &slots[s as usize];
-            &ids[s.id_start..s.id_start + s.id_len]
-        };
-        by_id.insert_unique(hasher.hash_one(id), slot, |&s| hasher.hash_one(id_of(s)));
+        let hash = self.hasher.hash_one(id);
+        self.by_id.insert_unique(hash, slot, |&s| {
+            self.hasher.hash_one(self.slots[s as usize].id(&self.ids))
+        });
     }
 
     /// Removes a customer (after a merge or an erasure); false when unknown.
     pub fn remove(&mut self, id: &str) -> bool {
         let hash = self.hasher.hash_one(id);
-        let LiveIndex { by_id, slots, ids, .. } = &mut *self;
-        let found = by_id.find_entry(hash, |&s| {
-            let s = &slots[s as usize];
-            &ids[s.id_start..s.id_start + s.id_len] == id
-        });
+        let found = self
+            .by_id
+            .find_entry(hash, |&s| self.slots[s as usize].id(&self.ids) == id);
         let Ok(entry) = found else {
             return false;
         };
