@@ -161,6 +161,84 @@ type Group = SmallVec<[u64; 2]>;
 /// Groups of companions; groups that share an identifier are one customer.
 type Groups = SmallVec<[Group; 1]>;
 
+/// Identifier key hash → the companion identifiers (hashes) seen with it, in groups; groups
+/// that share an identifier are one customer (the shared-identifier guardrail counts them).
+///
+/// Most identifiers have exactly one companion (a phone seen with one email): those take a
+/// 16-byte entry in `one`; the others a list of groups in `many` (a 40-byte entry), which at
+/// a million customers is the difference between ~35 and ~90 MiB.
+#[derive(Debug, Default)]
+struct Companions {
+    one: HashMap<u64, u64>,
+    many: HashMap<u64, Groups>,
+}
+
+impl Companions {
+    /// Counts an event that presented `key` with `others`.
+    fn add(&mut self, key: u64, others: &[u64]) {
+        if others.is_empty() {
+            return;
+        }
+        if let Some(&only) = self.one.get(&key) {
+            if others == [only] {
+                return;
+            }
+            self.one.remove(&key);
+            self.many
+                .insert(key, SmallVec::from_elem(SmallVec::from_slice(&[only]), 1));
+        } else if let [only] = others
+            && !self.many.contains_key(&key)
+        {
+            self.one.insert(key, *only);
+            return;
+        }
+        let groups = self.many.entry(key).or_default();
+        let mut merged: Group = SmallVec::from_slice(others);
+        groups.retain(|g| {
+            if g.iter().any(|x| others.contains(x)) {
+                merged.extend_from_slice(g);
+                false
+            } else {
+                true
+            }
+        });
+        merged.sort_unstable();
+        merged.dedup();
+        groups.push(merged);
+    }
+
+    /// Distinct customers that would have presented `key` once an event presenting it with
+    /// `others` is counted (`None` when `others` adds no new customer).
+    fn customers_with(&self, key: u64, others: &[u64]) -> Option<usize> {
+        if others.is_empty() {
+            return None;
+        }
+        if let Some(only) = self.one.get(&key) {
+            return (!others.contains(only)).then_some(2);
+        }
+        let groups = self.many.get(&key).map(|g| g.as_slice()).unwrap_or_default();
+        if groups.iter().any(|g| g.iter().any(|x| others.contains(x))) {
+            return None;
+        }
+        Some(groups.len() + 1)
+    }
+
+    /// Groups (customers) counted for `key`.
+    #[cfg(test)]
+    fn groups(&self, key: u64) -> usize {
+        if self.one.contains_key(&key) {
+            1
+        } else {
+            self.many.get(&key).map_or(0, |g| g.len())
+        }
+    }
+
+    fn remove(&mut self, key: u64) {
+        self.one.remove(&key);
+        self.many.remove(&key);
+    }
+}
+
 /// The in-memory projection (see the module docs).
 #[derive(Debug)]
 pub struct MatchState {
@@ -169,11 +247,8 @@ pub struct MatchState {
     index: LiveIndex,
     parent: HashMap<String, String>,
     children: HashMap<String, Vec<String>>,
-    /// Identifier key hash → groups of companion identifiers (hashes); groups that share an
-    /// identifier are one customer.
-    /// Inline for the common case (one group of one or two companions: a phone seen with one
-    /// email): no allocation per identifier at a million customers.
-    companions: HashMap<u64, Groups>,
+    /// The companion identifiers seen with each identifier.
+    companions: Companions,
     shared: HashSet<String>,
     region: phonenumber::country::Id,
     shared_limit: usize,
@@ -187,7 +262,7 @@ impl MatchState {
             index,
             parent: HashMap::new(),
             children: HashMap::new(),
-            companions: HashMap::new(),
+            companions: Companions::default(),
             shared: HashSet::new(),
             region,
             shared_limit: config.max_shared_identifier_customers,
@@ -254,7 +329,7 @@ impl MatchState {
             Ok(CustomerEvent::MarkedShared(m)) => {
                 if let Some(id) = &m.identifier {
                     let key = identity::key(id);
-                    self.companions.remove(&key_hash(&key));
+                    self.companions.remove(key_hash(&key));
                     self.shared.insert(key);
                 }
             }
@@ -266,40 +341,14 @@ impl MatchState {
     }
 
     fn add_companions(&mut self, key: &str, others: &[u64]) {
-        if others.is_empty() {
-            return;
-        }
-        let groups = self.companions.entry(key_hash(key)).or_default();
-        let mut merged: Group = SmallVec::from_slice(others);
-        groups.retain(|g| {
-            if g.iter().any(|x| others.contains(x)) {
-                merged.extend_from_slice(g);
-                false
-            } else {
-                true
-            }
-        });
-        merged.sort_unstable();
-        merged.dedup();
-        groups.push(merged);
+        self.companions.add(key_hash(key), others);
     }
 
     /// Distinct customers that would have presented `key` once an event presenting it with
     /// `others` is counted (`None` when `others` adds no new customer).
     pub fn customers_with(&self, key: &str, others: &[&str]) -> Option<usize> {
-        let others: Vec<u64> = others.iter().map(|o| key_hash(o)).collect();
-        if others.is_empty() {
-            return None;
-        }
-        let groups = self
-            .companions
-            .get(&key_hash(key))
-            .map(|g| g.as_slice())
-            .unwrap_or_default();
-        if groups.iter().any(|g| g.iter().any(|x| others.contains(x))) {
-            return None;
-        }
-        Some(groups.len() + 1)
+        let others: SmallVec<[u64; 4]> = others.iter().map(|o| key_hash(o)).collect();
+        self.companions.customers_with(key_hash(key), &others)
     }
 
     /// Limit of distinct customers per identifier.
@@ -373,10 +422,32 @@ mod tests {
         s.add_companions("p", &[1, 2]);
         assert_eq!(s.customers_with("p", &["x"]), Some(2));
         s.add_companions("p", &[2, 3]);
-        assert_eq!(s.companions[&key_hash("p")].len(), 1);
+        assert_eq!(s.companions.groups(key_hash("p")), 1);
         s.add_companions("p", &[4]);
-        assert_eq!(s.companions[&key_hash("p")].len(), 2);
+        assert_eq!(s.companions.groups(key_hash("p")), 2);
         assert_eq!(s.customers_with("p", &[]), None);
+    }
+
+    #[test]
+    fn one_companion_counts_like_a_group_of_one() {
+        let mut s = MatchState::new(&MatchingConfig::default(), phonenumber::country::Id::CN);
+        let (x, y) = (key_hash("x"), key_hash("y"));
+        s.add_companions("p", &[x]);
+        s.add_companions("p", &[x]);
+        assert_eq!(s.companions.groups(key_hash("p")), 1);
+        assert_eq!(s.customers_with("p", &["x"]), None);
+        assert_eq!(s.customers_with("p", &["y"]), Some(2));
+        assert_eq!(s.customers_with("p", &["y", "x"]), None);
+        // A second customer's companion: the entry becomes a list of two groups.
+        s.add_companions("p", &[y]);
+        assert_eq!(s.companions.groups(key_hash("p")), 2);
+        assert_eq!(s.customers_with("p", &["z"]), Some(3));
+        // An event carrying both joins them into one customer.
+        s.add_companions("p", &[x, y]);
+        assert_eq!(s.companions.groups(key_hash("p")), 1);
+        assert_eq!(s.customers_with("p", &["z"]), Some(2));
+        s.companions.remove(key_hash("p"));
+        assert_eq!(s.customers_with("p", &["z"]), Some(1));
     }
 
     #[test]
