@@ -1,0 +1,46 @@
+//! How much memory the domain's live matching state takes for an existing data directory:
+//! opens its embedded store, rebuilds the matching state from `$all` (as a restarted domain
+//! does on its first decision) and prints the time and the resident memory it added.
+//! `cargo run --release -p domain --example match_state_memory -- DATA_DIR`
+//! (for example one kept by `crm bench import --rows 1000000 --keep DIR`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use domain::{CustomerService, DomainConfig};
+use store::EventStore;
+
+/// Resident memory of this process in MiB (`VmRSS` of /proc/self/status).
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let Some(dir) = std::env::args().nth(1) else {
+        eprintln!("usage: match_state_memory DATA_DIR (a crm data directory with an embedded store)");
+        std::process::exit(2);
+    };
+    let path = std::path::Path::new(&dir).join("store");
+    let store: Arc<dyn EventStore> = Arc::new(
+        store::embedded::EmbeddedStore::open_with_cache(&path, 16 << 20)
+            .unwrap_or_else(|e| panic!("cannot open the embedded store in {}: {e}", path.display())),
+    );
+    let service = CustomerService::new(store, DomainConfig::default());
+    let before = rss_mib();
+    let started = Instant::now();
+    let indexed = service.matching_state().await.expect("matching state").indexed();
+    let after = rss_mib();
+    println!(
+        "matching state of {indexed} customers rebuilt in {:.1} s: {:.0} MiB resident ({:.0} MiB before, {:.0} B per customer)",
+        started.elapsed().as_secs_f64(),
+        after - before,
+        before,
+        (after - before) * 1024.0 * 1024.0 / indexed.max(1) as f64
+    );
+}
