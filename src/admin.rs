@@ -217,14 +217,14 @@ pub async fn customer_figures(
     summary: &ImportSummary,
 ) -> Result<(u64, u64), store::StoreError> {
     let mut new = 0u64;
-    for id in &summary.event_ids {
+    for e in &summary.published {
         let stream = domain::identity::customer_stream(&domain::service::new_customer_id(
-            &id.to_string(),
-            summary.recorded_at_us,
+            &e.event_id.to_string(),
+            e.recorded_at_us,
         ));
         if store.stream_revision(&stream).await?.is_some() {
             new += 1;
         }
     }
-    Ok((new, summary.event_ids.len() as u64 - new))
+    Ok((new, summary.published.len() as u64 - new))
 }

@@ -213,14 +213,10 @@ pub struct ImportSummary {
     pub error_report: Option<PathBuf>,
     /// The first [`REJECTIONS_LISTED`] rejections.
     pub rejections: Vec<RowRejection>,
-    /// Ids of the events this run published (accepted rows), to count new vs matched
-    /// customers once the domain has processed them.
+    /// The events this run published (accepted rows), to count new vs matched customers
+    /// once the domain has processed them.
     #[serde(skip)]
-    pub event_ids: Vec<uuid::Uuid>,
-    /// When this run received its rows (every row's `recorded_at_us`): with an event id, it
-    /// names the customer a row would create.
-    #[serde(skip)]
-    pub recorded_at_us: i64,
+    pub published: Vec<PublishedEvent>,
     /// Customers created by these rows; filled in by the caller from the domain.
     pub new_customers: Option<u64>,
     /// Rows matched to customers that existed before; filled in by the caller from the domain.
@@ -328,6 +324,14 @@ pub fn fixed_template(options: &ImportOptions) -> Result<Option<Template>, Impor
 // ---------------------------------------------------------------------------------------------
 // Reader side (blocking thread): rows → prepared records and rejections.
 
+/// An event an import published: its id and its `recorded_at_us` (when its row was read),
+/// which together name the customer the row would create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishedEvent {
+    pub event_id: uuid::Uuid,
+    pub recorded_at_us: i64,
+}
+
 enum Item {
     Sheet {
         name: String,
@@ -336,7 +340,7 @@ enum Item {
     },
     Accepted {
         row: u32,
-        event_id: uuid::Uuid,
+        event: PublishedEvent,
         record: bus::BusRecord,
         repaired: u32,
     },
@@ -376,7 +380,6 @@ struct ReaderSide {
     source: String,
     region: phonenumber::country::Id,
     offset: FixedOffset,
-    recorded_at_us: i64,
     tx: tokio::sync::mpsc::Sender<Batch>,
     batch: Vec<Item>,
     rows: u64,
@@ -487,6 +490,10 @@ impl sheet::RowSink for ReaderSide {
         let item = if state.published.contains(row) {
             Item::Already
         } else {
+            // Each row is stamped when it is read (not once per run): the customers it
+            // creates get ids ordered like the file (UUIDv7 of this time), so the store and
+            // the views insert their keys in a few hot pages instead of all over the tree.
+            let recorded_at_us = proto::now_us();
             let ctx = RowContext {
                 template,
                 plan,
@@ -496,7 +503,7 @@ impl sheet::RowSink for ReaderSide {
                 file_sha256: &self.sha,
                 file_name: &self.file_name,
                 sheet: &state.name,
-                recorded_at_us: self.recorded_at_us,
+                recorded_at_us,
             };
             match row::build(&ctx, row, event_id, &cells) {
                 Ok(built) => {
@@ -506,7 +513,10 @@ impl sheet::RowSink for ReaderSide {
                     headers.insert(bus::HEADER_SCHEMA_VERSION.to_string(), "1".to_string());
                     Item::Accepted {
                         row,
-                        event_id: built.event_id,
+                        event: PublishedEvent {
+                            event_id: built.event_id,
+                            recorded_at_us,
+                        },
                         record: bus::BusRecord {
                             key: built.event.bus_key(),
                             headers,
@@ -594,7 +604,8 @@ fn read_file(
 // ---------------------------------------------------------------------------------------------
 // Publishing side (async): records → bus, rejections → report, acks → ledger.
 
-type Publish<'a> = Pin<Box<dyn Future<Output = (usize, u32, uuid::Uuid, Result<bus::Ack, bus::BusError>)> + Send + 'a>>;
+type Publish<'a> =
+    Pin<Box<dyn Future<Output = (usize, u32, PublishedEvent, Result<bus::Ack, bus::BusError>)> + Send + 'a>>;
 
 /// Acks between two ledger checkpoints.
 const CHECKPOINT_EVERY: u64 = 100_000;
@@ -615,14 +626,14 @@ struct Publisher<'a> {
 }
 
 impl<'a> Publisher<'a> {
-    fn on_ack(&mut self, (sheet, row, event_id, result): (usize, u32, uuid::Uuid, Result<bus::Ack, bus::BusError>)) {
+    fn on_ack(&mut self, (sheet, row, event, result): (usize, u32, PublishedEvent, Result<bus::Ack, bus::BusError>)) {
         match result {
             Ok(_) => {
                 if let Some(set) = self.published.get_mut(sheet) {
                     set.insert(row);
                 }
                 self.summary.accepted += 1;
-                self.summary.event_ids.push(event_id);
+                self.summary.published.push(event);
                 self.since_checkpoint += 1;
             }
             Err(e) => {
@@ -658,7 +669,7 @@ impl<'a> Publisher<'a> {
             }
             Item::Accepted {
                 row,
-                event_id,
+                event,
                 record,
                 repaired,
             } => {
@@ -669,9 +680,8 @@ impl<'a> Publisher<'a> {
                     }
                 }
                 let bus = self.bus;
-                self.in_flight.push(Box::pin(
-                    async move { (sheet, row, event_id, bus.publish(record).await) },
-                ));
+                self.in_flight
+                    .push(Box::pin(async move { (sheet, row, event, bus.publish(record).await) }));
                 if self.since_checkpoint >= CHECKPOINT_EVERY {
                     self.checkpoint()?;
                 }
@@ -749,7 +759,6 @@ pub async fn run(
     progress.begin(&file_name, unit, total);
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(16);
-    let recorded_at_us = proto::now_us();
     let side = ReaderSide {
         path: options.path.clone(),
         fixed,
@@ -759,7 +768,6 @@ pub async fn run(
         source: source.clone(),
         region,
         offset,
-        recorded_at_us,
         tx,
         batch: Vec::with_capacity(BATCH),
         rows: 0,
@@ -804,8 +812,7 @@ pub async fn run(
             repaired_cells: 0,
             error_report: None,
             rejections: Vec::new(),
-            event_ids: Vec::new(),
-            recorded_at_us,
+            published: Vec::new(),
             new_customers: None,
             matched_customers: None,
             elapsed: Duration::ZERO,

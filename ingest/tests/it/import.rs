@@ -233,10 +233,21 @@ async fn check_bad_rows(src: &Path) {
     let mut options = ImportOptions::new(&path);
     options.template = Some("trade-show".into());
     options.ledger = Some(ledger.clone());
+    let before = proto::now_us();
     let (summary, bus) = import(&options).await;
     assert_eq!(counts(&summary), (200, 190, 0, 10), "{summary}");
     assert_eq!(bus.events().len(), 190);
-    assert_eq!(summary.event_ids.len(), 190);
+    assert_eq!(summary.published.len(), 190);
+    // Each row is stamped when it was read, and its bus event carries that stamp.
+    let stamps: std::collections::HashMap<String, i64> = bus
+        .events()
+        .iter()
+        .map(|e| (e.event_id().to_string(), e.header().unwrap().recorded_at_us))
+        .collect();
+    for p in &summary.published {
+        assert!(p.recorded_at_us >= before && p.recorded_at_us <= proto::now_us());
+        assert_eq!(stamps[&p.event_id.to_string()], p.recorded_at_us);
+    }
     let reasons: Vec<String> = summary
         .rejections
         .iter()
@@ -272,7 +283,7 @@ async fn check_bad_rows(src: &Path) {
     let rerun = import::run(&options, &bus2, &NoProgress).await.unwrap();
     assert_eq!(counts(&rerun), (200, 0, 190, 10));
     assert!(bus2.events().is_empty());
-    assert!(rerun.event_ids.is_empty(), "event ids are those this run published");
+    assert!(rerun.published.is_empty(), "event ids are those this run published");
 
     // The user fixes the report in place and imports it: the error column is ignored.
     let report = summary.error_report.unwrap();
