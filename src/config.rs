@@ -250,6 +250,6 @@ mod tests {
             "{err}"
         );
         let config: Config = toml::from_str("[store]\nkind = \"embedded\"\n").unwrap();
-        assert_eq!(config.store.cache_mb, 16, "the default applies when the key is absent");
+        assert_eq!(config.store.cache_mb, 8, "the default applies when the key is absent");
     }
 }
