@@ -152,3 +152,44 @@ async fn an_http_import_job_reports_new_and_matched_customers_in_graphql() {
     );
     assert!(server.stop().success());
 }
+
+/// An interrupted `crm bench import` removes its temporary directory (generated file, bus,
+/// store, views: gigabytes at a million rows) and says so.
+#[test]
+fn an_interrupted_import_bench_leaves_no_temporary_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let child = crm()
+        .args(["bench", "import", "--rows", "300000"])
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the import is under way: its data directory exists.
+    let started = std::time::Instant::now();
+    let data_dir = || {
+        std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| e.path().join("data").join("store").exists())
+    };
+    while !data_dir() {
+        assert!(started.elapsed().as_secs() < 60, "the bench never started importing");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let pid = child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an interrupted bench reports failure");
+    assert!(stderr.contains("benchmark interrupted"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
