@@ -10,14 +10,9 @@ use std::time::Instant;
 use domain::{CustomerService, DomainConfig};
 use store::EventStore;
 
-/// Resident memory of this process in MiB (`VmRSS` of /proc/self/status).
+/// Resident memory of this process in MiB.
 fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
+    matching::cli::rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
 }
 
 #[tokio::main(flavor = "multi_thread")]
