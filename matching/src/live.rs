@@ -157,9 +157,9 @@ impl Postings {
 /// Incremental blocking index over known customers.
 ///
 /// Memory (measured through `crm bench import`): each customer costs its slot (row: one
-/// vocabulary id per field; its id's span in one shared string), an id-map entry (the slot
-/// number, hashed by the id), its blocking keys (a slot number for a key nobody else has,
-/// inline lists otherwise) and its distinct values' vocabulary entries. Raw
+/// vocabulary id per field), its id (16 bytes for a UUID), an id-map entry
+/// (the slot number, hashed by the id), its blocking keys (a slot number for a key nobody
+/// else has, inline lists otherwise) and its distinct values' vocabulary entries. Raw
 /// records are not kept: an update is laid over the stored entries ([`LiveIndex::upsert`]).
 #[derive(Debug)]
 pub struct LiveIndex {
