@@ -96,7 +96,8 @@ async fn import(b: &ImportBench, mut config: Config) -> anyhow::Result<()> {
     let mut options = ingest::import::ImportOptions::new(&file);
     options.template = Some("trade-show".into());
     options.error_report = Some(dir.path().join("errors.csv"));
-    let summary = crate::offline::import_into_views(options, config, &ingest::import::TerminalProgress::new()).await?;
+    let (summary, phases) =
+        crate::offline::import_into_views(options, config, &ingest::import::TerminalProgress::new()).await?;
     let elapsed = started.elapsed();
     println!("{summary}");
     println!(
@@ -105,6 +106,12 @@ async fn import(b: &ImportBench, mut config: Config) -> anyhow::Result<()> {
         elapsed.as_secs_f64(),
         summary.rows_read as f64 / elapsed.as_secs_f64(),
         matching::cli::peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
+    );
+    println!(
+        "  phases: rows published at {:.1} s, identities resolved at {:.1} s, views caught up at {:.1} s",
+        phases.published.as_secs_f64(),
+        phases.resolved.as_secs_f64(),
+        phases.projected.as_secs_f64()
     );
     Ok(())
 }

@@ -155,18 +155,30 @@ pub async fn import(args: &ingest::import::ImportArgs, config: Config) -> anyhow
     if args.print_template_if_asked()? {
         return Ok(());
     }
-    let summary = import_into_views(args.options(), config, &ingest::import::TerminalProgress::new()).await?;
+    let (summary, _) = import_into_views(args.options(), config, &ingest::import::TerminalProgress::new()).await?;
     println!("{summary}");
     Ok(())
 }
 
 /// Imports a file into the data directory and waits until its rows are in the views.
+/// When each phase of an import into the views ended, from the start of the import.
+#[derive(Debug, Clone, Copy)]
+pub struct ImportPhases {
+    /// Every row read and published to the bus.
+    pub published: Duration,
+    /// The domain has handled every published row.
+    pub resolved: Duration,
+    /// The views hold every event the domain appended.
+    pub projected: Duration,
+}
+
 pub async fn import_into_views(
     mut options: ingest::import::ImportOptions,
     config: Config,
     progress: &dyn ingest::import::ImportProgress,
-) -> anyhow::Result<ingest::import::ImportSummary> {
+) -> anyhow::Result<(ingest::import::ImportSummary, ImportPhases)> {
     let region = config.region()?;
+    let started = std::time::Instant::now();
     let node = Node::open(config).await.context(
         "`crm import` works on the data directory; while `crm serve` runs, POST the file to /v1/imports instead",
     )?;
@@ -182,6 +194,7 @@ pub async fn import_into_views(
     let follow = tokio::spawn(projections::worker::follow(node.store.clone(), projector, stop_rx));
 
     let mut summary = ingest::import::run(&options, node.bus.as_ref(), progress).await?;
+    let published = started.elapsed();
     // The rows are on the bus; identity resolution and the views follow, with their own bar.
     let bar = phase_bar(
         summary.accepted,
@@ -198,6 +211,7 @@ pub async fn import_into_views(
         }
     }
     bar.finish_and_clear();
+    let resolved = started.elapsed();
     // Then the views: caught up when nothing in the log lies beyond their checkpoint.
     let tip = node.store.last_position().map_or(0, |p| p.commit);
     let bar = phase_bar(tip, "building views {wide_bar} {pos}/{len} events {rate} ETA {eta}");
@@ -210,6 +224,7 @@ pub async fn import_into_views(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     bar.finish_and_clear();
+    let projected = started.elapsed();
     let _ = stop_tx.send(true);
     domain.await??;
     follow.await??;
@@ -218,7 +233,12 @@ pub async fn import_into_views(
     let (new, matched) = crate::admin::customer_figures(node.store.as_ref(), &summary).await?;
     summary.new_customers = Some(new);
     summary.matched_customers = Some(matched);
-    Ok(summary)
+    let phases = ImportPhases {
+        published,
+        resolved,
+        projected,
+    };
+    Ok((summary, phases))
 }
 
 /// A progress bar for one phase of an import after its rows are published (hidden when
