@@ -20,6 +20,7 @@ mod generate;
 mod live;
 mod model;
 mod record;
+mod sketch;
 mod store;
 mod text;
 mod train;

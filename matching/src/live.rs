@@ -14,6 +14,7 @@ use crate::blocking;
 use crate::compare::{Levels, NULL_LEVEL, compare, compare_one};
 use crate::model::Weights;
 use crate::record::{FIELD_COUNT, Record};
+use crate::sketch::{SKETCHED, Sketch, Sketches};
 use crate::store::{PreparedRecord, Row, Store, view_of};
 use crate::{Explanation, MatchError, Model};
 
@@ -45,6 +46,9 @@ type Posting = SmallVec<[u32; 4]>;
 #[derive(Debug)]
 struct Slot {
     row: Row,
+    /// Its email and phone sketched, so a candidate can be ruled out before its entries
+    /// are read (~2 cache misses a field at a million customers).
+    sketches: Sketches,
     /// False once removed (the slot waits in the free list).
     live: bool,
 }
@@ -289,12 +293,14 @@ impl LiveIndex {
 
     fn put(&mut self, id: &str, prepared: PreparedRecord) {
         self.remove(id);
+        let sketches = sketches_of(&view_of(&prepared));
         let row = self.store.intern(prepared);
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
                 self.slots.push(Slot {
                     row: [crate::store::NULL; FIELD_COUNT],
+                    sketches: Sketches::default(),
                     live: false,
                 });
                 (self.slots.len() - 1) as u32
@@ -311,6 +317,7 @@ impl LiveIndex {
             self.postings.add(k, slot);
         }
         self.slots[i].row = row;
+        self.slots[i].sketches = sketches;
         self.slots[i].live = true;
         let hash = self.hasher.hash_one(key);
         self.by_id
@@ -377,6 +384,10 @@ impl LiveIndex {
         let t = self.model.thresholds;
         let prior = self.weights.prior_weight(self.population());
         let at_review = crate::model::weight_at(t.review);
+        let query_sketches = sketches_of(&query);
+        // A field the query lacks adds nothing, whoever the candidate is.
+        let query_bounds: [f64; FIELD_COUNT] =
+            std::array::from_fn(|i| if query[i].is_some() { self.bounds[i] } else { 0.0 });
         let mut scored: Vec<ScoredCandidate> = candidates
             .into_iter()
             .filter_map(|slot| {
@@ -384,9 +395,10 @@ impl LiveIndex {
                 if !s.live {
                     return None;
                 }
+                let bounds = self.candidate_bounds(&query_bounds, &query, &query_sketches, s);
                 let row = &s.row;
                 let stored = self.store.view(row);
-                let levels = self.levels_unless_below(prior, at_review, &query, &stored, &non_null)?;
+                let levels = self.levels_unless_below(prior, at_review, &query, &stored, &non_null, &bounds)?;
                 let weight = self.weights.match_weight(prior, &levels, &stored, &non_null);
                 let probability = crate::model::probability(weight);
                 if probability < t.review {
@@ -416,6 +428,34 @@ impl LiveIndex {
     /// probability) whatever the others are (each field not yet compared is counted at its
     /// [`Weights::field_bound`]). Those candidates would be dropped anyway; the others get
     /// exactly the levels of `compare`.
+    /// Per field, the most it can add to `query`'s match weight against the candidate in
+    /// slot `s`, from what the slot holds without reading its entries: nothing for a field
+    /// either side lacks, the best level its sketch allows for an email or a phone.
+    fn candidate_bounds(
+        &self,
+        query_bounds: &[f64; FIELD_COUNT],
+        query: &crate::store::View<'_>,
+        query_sketches: &Sketches,
+        s: &Slot,
+    ) -> [f64; FIELD_COUNT] {
+        let mut bounds = *query_bounds;
+        for (bound, &id) in bounds.iter_mut().zip(&s.row) {
+            if id == crate::store::NULL {
+                *bound = 0.0;
+            }
+        }
+        for (k, field) in SKETCHED.iter().enumerate() {
+            let i = field.index();
+            if let Some(q) = query[i]
+                && s.row[i] != crate::store::NULL
+                && let Some(reachable) = query_sketches[k].reachable_levels(*field, q.alt(), s.sketches[k])
+            {
+                bounds[i] = self.weights.reachable_bound(i, reachable);
+            }
+        }
+        bounds
+    }
+
     fn levels_unless_below(
         &self,
         prior: f64,
@@ -423,15 +463,19 @@ impl LiveIndex {
         query: &crate::store::View<'_>,
         stored: &crate::store::View<'_>,
         non_null: &[u64; FIELD_COUNT],
+        bounds: &[f64; FIELD_COUNT],
     ) -> Option<Levels> {
         // Covers the rounding of summing the same weights in another order, and of the
         // probability's inverse.
         const SLACK: f64 = 1e-9;
         let mut levels: Levels = [NULL_LEVEL; FIELD_COUNT];
-        let mut bound = prior + self.bounds.iter().sum::<f64>();
+        let mut bound = prior + bounds.iter().sum::<f64>();
+        if bound + SLACK < at_review {
+            return None;
+        }
         for &i in &self.order {
             levels[i] = compare_one(i, query, stored);
-            bound += self.weights.level_weight(i, levels[i], stored, non_null) - self.bounds[i];
+            bound += self.weights.level_weight(i, levels[i], stored, non_null) - bounds[i];
             if bound + SLACK < at_review {
                 return None;
             }
@@ -451,6 +495,11 @@ impl LiveIndex {
             &[0; FIELD_COUNT],
         )
     }
+}
+
+/// The sketches of a record's email and phone (default where it has none).
+fn sketches_of(view: &crate::store::View<'_>) -> Sketches {
+    std::array::from_fn(|k| view[SKETCHED[k].index()].map(Sketch::of).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -569,20 +618,26 @@ mod tests {
         for q in queries {
             let prepared = index.store.prepare(q, &ALL_FIELDS);
             let query = view_of(&prepared);
+            let query_bounds = std::array::from_fn(|i| if query[i].is_some() { index.bounds[i] } else { 0.0 });
+            let query_sketches = sketches_of(&query);
             for s in index.slots.iter().filter(|s| s.live) {
                 let stored = index.store.view(&s.row);
                 let full = compare(&query, &stored);
                 let evidence = index.weights.match_weight(0.0, &full, &stored, &non_null);
-                // Priors that put this pair just above and just below the review threshold.
+                // Priors that put this pair just above and just below the review threshold;
+                // with the bounds of the fields alone and with what the slot's sketches allow.
                 let above = at_review - evidence + 1e-6;
-                assert_eq!(
-                    index.levels_unless_below(above, at_review, &query, &stored, &non_null),
-                    Some(full),
-                    "a pair just above review was ruled out"
-                );
-                match index.levels_unless_below(above - 2e-6, at_review, &query, &stored, &non_null) {
-                    None => ruled_out += 1,
-                    Some(levels) => assert_eq!(levels, full),
+                let sketched = index.candidate_bounds(&query_bounds, &query, &query_sketches, s);
+                for bounds in [&index.bounds, &sketched] {
+                    assert_eq!(
+                        index.levels_unless_below(above, at_review, &query, &stored, &non_null, bounds),
+                        Some(full),
+                        "a pair just above review was ruled out"
+                    );
+                    match index.levels_unless_below(above - 2e-6, at_review, &query, &stored, &non_null, bounds) {
+                        None => ruled_out += 1,
+                        Some(levels) => assert_eq!(levels, full),
+                    }
                 }
             }
         }

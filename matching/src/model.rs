@@ -299,6 +299,15 @@ impl Weights {
         }
     }
 
+    /// The most field `i` can add at one of the levels set in `reachable` (bit `l`: level
+    /// `l`); an exact agreement counts at [`Weights::field_bound`].
+    pub fn reachable_bound(&self, i: usize, reachable: u8) -> f64 {
+        (0..8)
+            .filter(|l| reachable & (1 << l) != 0)
+            .map(|l| if l == 0 { self.field_bound(i) } else { self.level[i][l] })
+            .fold(f64::NEG_INFINITY, f64::max)
+    }
+
     /// The least field `i` can add (its worst level, or 0 for a null).
     pub fn field_floor(&self, i: usize) -> f64 {
         self.level[i].iter().copied().fold(0.0, f64::min)
