@@ -422,8 +422,9 @@ impl CustomerService {
         let mut appended = 0;
 
         // Guardrail: an owned identifier presented with the identifiers of too many
-        // different customers is marked shared and not matched on from now on.
-        if matching.enabled {
+        // different customers is marked shared and not matched on from now on. (Nothing
+        // owned, nothing to count: no lock and catch-up of the matching state.)
+        if matching.enabled && claims.values().any(Option::is_some) {
             let state = self.matching_state().await?;
             let mut newly_shared = Vec::new();
             for key in claims.iter().filter(|(_, c)| c.is_some()).map(|(k, _)| k) {
