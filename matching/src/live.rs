@@ -161,7 +161,7 @@ impl Postings {
 /// Incremental blocking index over known customers.
 ///
 /// Memory (measured through `crm bench import`): each customer costs its slot (row: one
-/// vocabulary id per field), its id (16 bytes for a UUID), an id-map entry
+/// vocabulary id per field, and 32 bytes of email and phone sketches), its id (16 bytes for a UUID), an id-map entry
 /// (the slot number, hashed by the id), its blocking keys (a slot number for a key nobody
 /// else has, inline lists otherwise) and its distinct values' vocabulary entries. Raw
 /// records are not kept: an update is laid over the stored entries ([`LiveIndex::upsert`]).
