@@ -161,8 +161,8 @@ impl Postings {
 /// Incremental blocking index over known customers.
 ///
 /// Memory (measured through `crm bench import`): each customer costs its slot (row: one
-/// vocabulary id per field, and 32 bytes of email and phone sketches), its id (16 bytes for a UUID), an id-map entry
-/// (the slot number, hashed by the id), its blocking keys (a slot number for a key nobody
+/// vocabulary id per field, and 32 bytes of email and phone sketches), its id (16 bytes
+/// for a UUID), an id-map entry (the slot number, hashed by the id), its blocking keys (a slot number for a key nobody
 /// else has, inline lists otherwise) and its distinct values' vocabulary entries. Raw
 /// records are not kept: an update is laid over the stored entries ([`LiveIndex::upsert`]).
 #[derive(Debug)]
@@ -423,11 +423,6 @@ impl LiveIndex {
         scored
     }
 
-    /// The comparison levels of a candidate, or `None` as soon as the fields compared so far
-    /// show that its match weight stays below `at_review` (the weight of the review
-    /// probability) whatever the others are (each field not yet compared is counted at its
-    /// [`Weights::field_bound`]). Those candidates would be dropped anyway; the others get
-    /// exactly the levels of `compare`.
     /// Per field, the most it can add to `query`'s match weight against the candidate in
     /// slot `s`, from what the slot holds without reading its entries: nothing for a field
     /// either side lacks, the best level its sketch allows for an email or a phone.
@@ -456,6 +451,12 @@ impl LiveIndex {
         bounds
     }
 
+    /// The comparison levels of a candidate, or `None` as soon as the fields compared so far
+    /// show that its match weight stays below `at_review` (the weight of the review
+    /// probability) whatever the others are (each field not yet compared is counted at its
+    /// `bounds` entry: at most [`Weights::field_bound`], less when
+    /// [`LiveIndex::candidate_bounds`] knows more). Those candidates would be dropped anyway;
+    /// the others get exactly the levels of `compare`.
     fn levels_unless_below(
         &self,
         prior: f64,
