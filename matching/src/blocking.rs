@@ -8,7 +8,7 @@ use crate::record::Field;
 use crate::store::{Entry, View};
 
 /// FNV-1a over the rule id and key parts.
-fn key_hash(rule: u8, parts: &[&str]) -> u64 {
+pub(crate) fn key_hash(rule: u8, parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(rule);
     h = h.wrapping_mul(0x0000_0100_0000_01b3);
     for part in parts {

@@ -35,10 +35,10 @@ pub(crate) struct Sketch {
 
 const SATURATED: u64 = 15;
 
-fn hash(s: &str) -> u32 {
-    // FNV-1a: the sketch only needs equal strings to get equal hashes.
-    s.bytes()
-        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+/// The blocking keys' hash of one string: the sketch only needs equal strings to get
+/// equal hashes.
+fn hash(s: &str) -> u64 {
+    crate::blocking::key_hash(0, &[s])
 }
 
 impl Sketch {
@@ -61,8 +61,8 @@ impl Sketch {
         Sketch {
             counts,
             prefix: u32::from_le_bytes(prefix),
-            key: (k ^ (k >> 16)) as u16,
-            alt: (a ^ (a >> 8) ^ (a >> 16) ^ (a >> 24)) as u8,
+            key: (k ^ (k >> 16) ^ (k >> 32) ^ (k >> 48)) as u16,
+            alt: (a ^ (a >> 8) ^ (a >> 16) ^ (a >> 24) ^ (a >> 32) ^ (a >> 40) ^ (a >> 48) ^ (a >> 56)) as u8,
             len: u8::try_from(len).unwrap_or(u8::MAX),
         }
     }
