@@ -162,9 +162,10 @@ impl Postings {
 ///
 /// Memory (measured through `crm bench import`): each customer costs its slot (row: one
 /// vocabulary id per field, and 32 bytes of email and phone sketches), its id (16 bytes
-/// for a UUID), an id-map entry (the slot number, hashed by the id), its blocking keys (a slot number for a key nobody
-/// else has, inline lists otherwise) and its distinct values' vocabulary entries. Raw
-/// records are not kept: an update is laid over the stored entries ([`LiveIndex::upsert`]).
+/// for a UUID), an id-map entry (the slot number, hashed by the id), its blocking keys (a
+/// slot number for a key nobody else has, inline lists otherwise) and its distinct values'
+/// vocabulary entries. Raw records are not kept: an update is laid over the stored entries
+/// ([`LiveIndex::upsert`]).
 #[derive(Debug)]
 pub struct LiveIndex {
     model: Model,
@@ -385,9 +386,7 @@ impl LiveIndex {
         let prior = self.weights.prior_weight(self.population());
         let at_review = crate::model::weight_at(t.review);
         let query_sketches = sketches_of(&query);
-        // A field the query lacks adds nothing, whoever the candidate is.
-        let query_bounds: [f64; FIELD_COUNT] =
-            std::array::from_fn(|i| if query[i].is_some() { self.bounds[i] } else { 0.0 });
+        let query_bounds = self.query_bounds(&query);
         let mut scored: Vec<ScoredCandidate> = candidates
             .into_iter()
             .filter_map(|slot| {
@@ -421,6 +420,12 @@ impl LiveIndex {
             .collect();
         scored.sort_by(|a, b| b.match_weight.total_cmp(&a.match_weight).then_with(|| a.id.cmp(&b.id)));
         scored
+    }
+
+    /// Per field, the most it can add to `query`'s match weight against any candidate: a
+    /// field the query lacks adds nothing.
+    fn query_bounds(&self, query: &crate::store::View<'_>) -> [f64; FIELD_COUNT] {
+        std::array::from_fn(|i| if query[i].is_some() { self.bounds[i] } else { 0.0 })
     }
 
     /// Per field, the most it can add to `query`'s match weight against the candidate in
@@ -619,7 +624,7 @@ mod tests {
         for q in queries {
             let prepared = index.store.prepare(q, &ALL_FIELDS);
             let query = view_of(&prepared);
-            let query_bounds = std::array::from_fn(|i| if query[i].is_some() { index.bounds[i] } else { 0.0 });
+            let query_bounds = index.query_bounds(&query);
             let query_sketches = sketches_of(&query);
             for s in index.slots.iter().filter(|s| s.live) {
                 let stored = index.store.view(&s.row);
