@@ -17,6 +17,14 @@
 //! `0xFF` never occurs in UTF-8, so a stream's keys never interleave with a stream whose
 //! name it prefixes.
 //!
+//! Streams that do not exist are answered from memory: a Bloom filter of every stream name
+//! ([`Streams`], filled from `heads` at open, kept by the writer) says "no such stream"
+//! without a B-tree lookup. Most reads of the domain ask for streams that do not exist yet
+//! (is this identifier claimed? does this new customer's stream exist?), and `heads` is keyed
+//! by random identifier hashes, so each of those reads was a page missing from the cache.
+//! The writer adds a name before the append that creates the stream is checked against the
+//! rest of its group, so a filter never says "absent" of a stream a reader could see.
+//!
 //! Appends go to one writer thread that commits them as one redb write transaction per
 //! *group*: every request waiting when the writer becomes free joins the group (group
 //! commit). Each append is checked against the tables as the transaction sees them (so
@@ -97,6 +105,7 @@ pub struct EmbeddedStore {
 struct Inner {
     db: Arc<Database>,
     path: PathBuf,
+    streams: Arc<Streams>,
     /// Last committed sequence, bumped by the writer after each group so live subscribers
     /// wake up without polling.
     tip: watch::Receiver<u64>,
@@ -113,6 +122,38 @@ fn stream_key(stream: &str, suffix: &[u8]) -> Vec<u8> {
     key.push(SEP);
     key.extend_from_slice(suffix);
     key
+}
+
+/// Every stream name the store holds, in a Bloom filter: "absent" is certain, "present"
+/// may be wrong (1% of absent names), and then the tables answer. Names of appends that
+/// failed stay in (harmless: a lookup in the tables follows).
+struct Streams(std::sync::RwLock<growable_bloom_filter::GrowableBloom>);
+
+/// False positives the stream filter allows (growing with the store).
+const STREAMS_ERROR_RATE: f64 = 0.01;
+
+impl Streams {
+    /// The filter of every stream in `db`'s `heads` table.
+    fn load(db: &Database) -> Result<Streams, StoreError> {
+        let read = db.begin_read().map_err(io("read the stream heads"))?;
+        let heads = read.open_table(HEADS).map_err(io("open the stream heads"))?;
+        let count = usize::try_from(heads.len().map_err(io("count the stream heads"))?).unwrap_or(usize::MAX);
+        let mut filter = growable_bloom_filter::GrowableBloom::new(STREAMS_ERROR_RATE, count.saturating_mul(2).max(1 << 20));
+        for item in heads.iter().map_err(io("read the stream heads"))? {
+            let (stream, _) = item.map_err(io("read the stream heads"))?;
+            filter.insert(stream.value());
+        }
+        Ok(Streams(std::sync::RwLock::new(filter)))
+    }
+
+    /// Whether `stream` may exist (`false`: it certainly does not).
+    fn may_hold(&self, stream: &str) -> bool {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).contains(stream)
+    }
+
+    fn add(&self, stream: &str) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).insert(stream);
+    }
 }
 
 enum Request {
@@ -206,12 +247,14 @@ impl EmbeddedStore {
                 .map_err(io("read the last log entry"))?
                 .map_or(0, |(k, _)| k.value())
         };
+        let streams = Arc::new(Streams::load(&db)?);
         let db = Arc::new(db);
         let (tip_tx, tip) = watch::channel(last);
         let durable = Arc::new(AtomicU64::new(last));
         let (requests, queue) = mpsc::channel();
         let writer = Writer {
             db: Arc::clone(&db),
+            streams: Arc::clone(&streams),
             last_sequence: last,
             tip: tip_tx,
             durable: Arc::clone(&durable),
@@ -225,6 +268,7 @@ impl EmbeddedStore {
             inner: Arc::new(Inner {
                 db,
                 path,
+                streams,
                 tip,
                 durable,
                 requests: Some(requests),
@@ -305,6 +349,7 @@ fn now_us() -> i64 {
 /// The single writer: owns sequence assignment, commits groups of appends.
 struct Writer {
     db: Arc<Database>,
+    streams: Arc<Streams>,
     last_sequence: u64,
     tip: watch::Sender<u64>,
     durable: Arc<AtomicU64>,
@@ -382,6 +427,7 @@ impl Writer {
         let mut sequence = self.last_sequence + 1;
         let appended = (|| {
             let mut tables = Tables {
+                streams: &self.streams,
                 log: write.open_table(LOG)?,
                 heads: write.open_table(HEADS)?,
                 index: write.open_table(INDEX)?,
@@ -435,6 +481,7 @@ struct GroupResult {
 
 /// The tables of one write transaction.
 struct Tables<'t> {
+    streams: &'t Streams,
     log: redb::Table<'t, u64, &'static [u8]>,
     heads: redb::Table<'t, &'static str, &'static [u8]>,
     index: redb::Table<'t, &'static [u8], u64>,
@@ -503,11 +550,14 @@ impl Tables<'_> {
         buf: &mut Vec<u8>,
     ) -> Result<Result<AppendOutcome, StoreError>, redb::Error> {
         let stream = request.stream.as_str();
-        let head = match self.heads.get(stream)? {
-            Some(v) => match Head::decode(v.value()) {
-                Ok(h) => Some(h),
-                Err(e) => return Ok(Err(e)),
-            },
+        // A stream the filter does not know has no head: no lookup (most appends create one).
+        let stored = match self.streams.may_hold(stream) {
+            true => self.heads.get(stream)?.map(|v| Head::decode(v.value())),
+            false => None,
+        };
+        let head = match stored {
+            Some(Ok(h)) => Some(h),
+            Some(Err(e)) => return Ok(Err(e)),
             None => None,
         };
         let mut fresh = Vec::with_capacity(request.events.len());
@@ -549,10 +599,17 @@ impl Tables<'_> {
                 position: None,
             }));
         }
-        let mut head = head.unwrap_or(Head {
-            revision: 0,
-            entries: Vec::new(),
-        });
+        let mut head = match head {
+            Some(h) => h,
+            None => {
+                // Before the head is written: later appends of this group look it up.
+                self.streams.add(stream);
+                Head {
+                    revision: 0,
+                    entries: Vec::new(),
+                }
+            }
+        };
         let mut revision = last.map_or(0, |h| h + 1);
         for event in &fresh {
             buf.clear();
@@ -597,6 +654,9 @@ impl Inner {
     }
 
     fn read_stream_blocking(&self, stream: &str, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        if !self.streams.may_hold(stream) {
+            return Ok(Vec::new());
+        }
         let read = self.db.begin_read().map_err(io("read a stream"))?;
         let heads = read.open_table(HEADS).map_err(io("open the stream heads"))?;
         let Some(head) = heads.get(stream).map_err(io("read a stream head"))? else {
@@ -631,6 +691,9 @@ impl Inner {
     }
 
     fn stream_revision(&self, stream: &str) -> Result<Option<u64>, StoreError> {
+        if !self.streams.may_hold(stream) {
+            return Ok(None);
+        }
         let read = self.db.begin_read().map_err(io("read a stream head"))?;
         let heads = read.open_table(HEADS).map_err(io("open the stream heads"))?;
         match heads.get(stream).map_err(io("read a stream head"))? {
