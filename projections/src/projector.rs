@@ -570,6 +570,10 @@ impl<'a> Overlay<'a> {
     }
 }
 
+/// Customer event types that change no view (see the end of `apply_one`): not even decoded.
+/// Every new customer's identifier claims are among them.
+const IGNORED: [&str; 3] = ["IdentifierClaimedV1", "MergedIntoV1", "CustomerRestoredV1"];
+
 /// Applies customer events to the views.
 pub struct Projector {
     views: ViewStore,
@@ -620,6 +624,7 @@ impl Projector {
             if !["customer-", "review-", "identity-"]
                 .iter()
                 .any(|p| e.stream.starts_with(p))
+                || IGNORED.contains(&e.event_type.as_str())
             {
                 continue;
             }
