@@ -20,6 +20,11 @@
 //! `h/<customer>/<position BE>` merge and split history · `r/<review>` match review ·
 //! `q/<status>/<position BE><review>` review queue index · `s/<kind:scope:value>` shared identifier.
 //!
+//! Lookups of `v/`, `a/` and `o/` keys that do not exist are answered from memory
+//! ([`store::filter::KeyFilter`], filled at open, keys added before the commit that writes
+//! them): a new customer's events look up its view, alias and own view, none of which exist
+//! yet, and each lookup was a B-tree descent on pages the small cache had lost to writes.
+//!
 //! Splits: a merged view is the fold of its members' own views, so a split rebuilds both
 //! sides from `o/` keys (in merge order) and moves the restored members' timeline entries
 //! back. The restored customer's view equals the one it would have had if never merged;
@@ -81,6 +86,13 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         *last += 1;
     }
     end
+}
+
+/// Key prefixes whose keys the view store's filter holds (module docs).
+const FILTERED: [&[u8]; 3] = [b"v/", b"a/", b"o/"];
+
+fn filtered(key: &[u8]) -> bool {
+    FILTERED.iter().any(|p| key.starts_with(p))
 }
 
 fn view_key(id: &str) -> Vec<u8> {
@@ -153,6 +165,8 @@ fn timeline_key(id: &str, at_us: i64, event_id: &str) -> Vec<u8> {
 #[derive(Clone)]
 pub struct ViewStore {
     db: std::sync::Arc<redb::Database>,
+    /// The `v/`, `a/` and `o/` keys held (see the module docs).
+    customers: std::sync::Arc<store::filter::KeyFilter>,
     /// When the last durable commit was made.
     last_durable: std::sync::Arc<std::sync::Mutex<std::time::Instant>>,
 }
@@ -183,9 +197,25 @@ impl ViewStore {
         let write = db.begin_write()?;
         write.open_table(VIEWS)?;
         write.commit()?;
-        Ok(ViewStore {
+        let views = ViewStore {
             db: std::sync::Arc::new(db),
+            customers: std::sync::Arc::new(store::filter::KeyFilter::new(0)),
             last_durable: std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
+        };
+        // Sized for what is there (and as much again); it grows beyond.
+        let held: usize = FILTERED.iter().map(|p| views.count_prefix(p)).sum();
+        let customers = store::filter::KeyFilter::new(held.saturating_mul(2));
+        {
+            let table = views.table()?;
+            for prefix in FILTERED {
+                for item in table.range(prefix..prefix_end(prefix).as_slice())? {
+                    customers.add(item?.0.value());
+                }
+            }
+        }
+        Ok(ViewStore {
+            customers: std::sync::Arc::new(customers),
+            ..views
         })
     }
 
@@ -196,6 +226,9 @@ impl ViewStore {
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
+        if filtered(key) && !self.customers.may_hold(key) {
+            return Ok(None);
+        }
         Ok(self.table()?.get(key)?.map(|v| v.value().to_vec()))
     }
 
@@ -417,6 +450,9 @@ impl ViewStore {
         {
             let mut table = write.open_table(VIEWS)?;
             for (k, v) in &writes {
+                if v.is_some() && filtered(k) {
+                    self.customers.add(k);
+                }
                 match v {
                     Some(v) => table.insert(k.as_slice(), v.as_slice())?,
                     None => table.remove(k.as_slice())?,
@@ -1472,5 +1508,30 @@ mod tests {
         let history = w.projector.views().merge_history(&[id("e1")]).unwrap();
         assert_eq!(history[0].rule, "reviewer");
         assert_eq!(history[0].decided_by, "bob");
+    }
+
+    #[test]
+    fn customer_keys_are_found_after_a_reopen_and_absent_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |k: &str| (k.as_bytes().to_vec(), Some(b"c2".to_vec()));
+        {
+            let views = ViewStore::open(dir.path(), 1 << 20).unwrap();
+            views
+                .commit_writes(
+                    vec![put("v/c1"), put("a/c3"), put("o/c1"), put("i/email::a@x.cn")],
+                    true,
+                )
+                .unwrap();
+            assert_eq!(views.get(b"a/c3").unwrap().as_deref(), Some(&b"c2"[..]));
+        }
+        // The filter is rebuilt from the table: what is there is found, what is not is not.
+        let views = ViewStore::open(dir.path(), 1 << 20).unwrap();
+        for key in ["v/c1", "a/c3", "o/c1", "i/email::a@x.cn"] {
+            assert_eq!(views.get(key.as_bytes()).unwrap().as_deref(), Some(&b"c2"[..]), "{key}");
+        }
+        assert_eq!(views.resolve("c3").unwrap(), "c2");
+        for key in ["v/c2", "a/c1", "o/c3"] {
+            assert_eq!(views.get(key.as_bytes()).unwrap(), None, "{key}");
+        }
     }
 }

@@ -18,7 +18,7 @@
 //! name it prefixes.
 //!
 //! Streams that do not exist are answered from memory: a Bloom filter of every stream name
-//! ([`Streams`], filled from `heads` at open, kept by the writer) says "no such stream"
+//! ([`KeyFilter`], filled from `heads` at open, kept by the writer) says "no such stream"
 //! without a B-tree lookup. Most reads of the domain ask for streams that do not exist yet
 //! (is this identifier claimed? does this new customer's stream exist?), and `heads` is keyed
 //! by random identifier hashes, so each of those reads was a page missing from the cache.
@@ -64,6 +64,7 @@ use futures::stream::BoxStream;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::watch;
 
+use crate::filter::KeyFilter;
 use crate::{AppendOutcome, EventStore, ExpectedRevision, GlobalPosition, NewEvent, RecordedEvent, StoreError};
 
 /// Separator between a stream name and the rest of an index key (never valid UTF-8).
@@ -105,7 +106,7 @@ pub struct EmbeddedStore {
 struct Inner {
     db: Arc<Database>,
     path: PathBuf,
-    streams: Arc<Streams>,
+    streams: Arc<KeyFilter>,
     /// Last committed sequence, bumped by the writer after each group so live subscribers
     /// wake up without polling.
     tip: watch::Receiver<u64>,
@@ -124,36 +125,17 @@ fn stream_key(stream: &str, suffix: &[u8]) -> Vec<u8> {
     key
 }
 
-/// Every stream name the store holds, in a Bloom filter: "absent" is certain, "present"
-/// may be wrong (1% of absent names), and then the tables answer. Names of appends that
-/// failed stay in (harmless: a lookup in the tables follows).
-struct Streams(std::sync::RwLock<growable_bloom_filter::GrowableBloom>);
-
-/// False positives the stream filter allows (growing with the store).
-const STREAMS_ERROR_RATE: f64 = 0.01;
-
-impl Streams {
-    /// The filter of every stream in `db`'s `heads` table.
-    fn load(db: &Database) -> Result<Streams, StoreError> {
-        let read = db.begin_read().map_err(io("read the stream heads"))?;
-        let heads = read.open_table(HEADS).map_err(io("open the stream heads"))?;
-        let count = usize::try_from(heads.len().map_err(io("count the stream heads"))?).unwrap_or(usize::MAX);
-        let mut filter = growable_bloom_filter::GrowableBloom::new(STREAMS_ERROR_RATE, count.saturating_mul(2).max(1 << 20));
-        for item in heads.iter().map_err(io("read the stream heads"))? {
-            let (stream, _) = item.map_err(io("read the stream heads"))?;
-            filter.insert(stream.value());
-        }
-        Ok(Streams(std::sync::RwLock::new(filter)))
+/// Every stream name the store holds ([`KeyFilter`]), filled from `heads` at open.
+fn stream_filter(db: &Database) -> Result<KeyFilter, StoreError> {
+    let read = db.begin_read().map_err(io("read the stream heads"))?;
+    let heads = read.open_table(HEADS).map_err(io("open the stream heads"))?;
+    let count = usize::try_from(heads.len().map_err(io("count the stream heads"))?).unwrap_or(usize::MAX);
+    let filter = KeyFilter::new(count.saturating_mul(2).max(1 << 20));
+    for item in heads.iter().map_err(io("read the stream heads"))? {
+        let (stream, _) = item.map_err(io("read the stream heads"))?;
+        filter.add(stream.value().as_bytes());
     }
-
-    /// Whether `stream` may exist (`false`: it certainly does not).
-    fn may_hold(&self, stream: &str) -> bool {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).contains(stream)
-    }
-
-    fn add(&self, stream: &str) {
-        self.0.write().unwrap_or_else(|p| p.into_inner()).insert(stream);
-    }
+    Ok(filter)
 }
 
 enum Request {
@@ -247,7 +229,7 @@ impl EmbeddedStore {
                 .map_err(io("read the last log entry"))?
                 .map_or(0, |(k, _)| k.value())
         };
-        let streams = Arc::new(Streams::load(&db)?);
+        let streams = Arc::new(stream_filter(&db)?);
         let db = Arc::new(db);
         let (tip_tx, tip) = watch::channel(last);
         let durable = Arc::new(AtomicU64::new(last));
@@ -349,7 +331,7 @@ fn now_us() -> i64 {
 /// The single writer: owns sequence assignment, commits groups of appends.
 struct Writer {
     db: Arc<Database>,
-    streams: Arc<Streams>,
+    streams: Arc<KeyFilter>,
     last_sequence: u64,
     tip: watch::Sender<u64>,
     durable: Arc<AtomicU64>,
@@ -481,7 +463,7 @@ struct GroupResult {
 
 /// The tables of one write transaction.
 struct Tables<'t> {
-    streams: &'t Streams,
+    streams: &'t KeyFilter,
     log: redb::Table<'t, u64, &'static [u8]>,
     heads: redb::Table<'t, &'static str, &'static [u8]>,
     index: redb::Table<'t, &'static [u8], u64>,
@@ -551,7 +533,7 @@ impl Tables<'_> {
     ) -> Result<Result<AppendOutcome, StoreError>, redb::Error> {
         let stream = request.stream.as_str();
         // A stream the filter does not know has no head: no lookup (most appends create one).
-        let stored = match self.streams.may_hold(stream) {
+        let stored = match self.streams.may_hold(stream.as_bytes()) {
             true => self.heads.get(stream)?.map(|v| Head::decode(v.value())),
             false => None,
         };
@@ -603,7 +585,7 @@ impl Tables<'_> {
             Some(h) => h,
             None => {
                 // Before the head is written: later appends of this group look it up.
-                self.streams.add(stream);
+                self.streams.add(stream.as_bytes());
                 Head {
                     revision: 0,
                     entries: Vec::new(),
@@ -654,7 +636,7 @@ impl Inner {
     }
 
     fn read_stream_blocking(&self, stream: &str, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        if !self.streams.may_hold(stream) {
+        if !self.streams.may_hold(stream.as_bytes()) {
             return Ok(Vec::new());
         }
         let read = self.db.begin_read().map_err(io("read a stream"))?;
@@ -691,7 +673,7 @@ impl Inner {
     }
 
     fn stream_revision(&self, stream: &str) -> Result<Option<u64>, StoreError> {
-        if !self.streams.may_hold(stream) {
+        if !self.streams.may_hold(stream.as_bytes()) {
             return Ok(None);
         }
         let read = self.db.begin_read().map_err(io("read a stream head"))?;

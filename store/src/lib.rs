@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 pub mod conformance;
 pub mod embedded;
+pub mod filter;
 pub mod kurrent;
 pub mod remote;
 
