@@ -1,8 +1,9 @@
 //! A Bloom filter of the keys an embedded table holds, so a lookup of a key it does not hold
 //! needs no B-tree descent: "absent" is certain, "present" may be wrong (about 1% of absent
 //! keys), and then the table answers. Used for stream names in the embedded event store and
-//! for customer-keyed views in the view store, where most lookups ask for keys that do not
-//! exist yet (a new identifier's claim, a new customer's view) on pages missing from the cache.
+//! for aliases and own views in the view store, where most lookups ask for keys that do not
+//! exist (a new identifier's claim, an alias of a customer never merged) on pages missing
+//! from the cache.
 //!
 //! Rule for writers: add a key *before* the commit that writes it, so a reader never gets
 //! "absent" for a key it could see. Keys of commits that fail stay in (harmless).
