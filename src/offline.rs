@@ -160,7 +160,6 @@ pub async fn import(args: &ingest::import::ImportArgs, config: Config) -> anyhow
     Ok(())
 }
 
-/// Imports a file into the data directory and waits until its rows are in the views.
 /// When each phase of an import into the views ended, from the start of the import.
 #[derive(Debug, Clone, Copy)]
 pub struct ImportPhases {
@@ -172,6 +171,7 @@ pub struct ImportPhases {
     pub projected: Duration,
 }
 
+/// Imports a file into the data directory and waits until its rows are in the views.
 pub async fn import_into_views(
     mut options: ingest::import::ImportOptions,
     config: Config,
