@@ -97,6 +97,24 @@ fn filtered(key: &[u8]) -> bool {
     FILTERED.iter().any(|p| key.starts_with(p))
 }
 
+/// The filter of every [`FILTERED`] key in `db`, sized for them (and as much again).
+fn customer_filter(db: &redb::Database) -> Result<store::filter::KeyFilter, ProjectionError> {
+    use redb::ReadableDatabase;
+    let read = db.begin_read()?;
+    let table = read.open_table(VIEWS)?;
+    let mut held = 0usize;
+    for prefix in FILTERED {
+        held += table.range(prefix..prefix_end(prefix).as_slice())?.count();
+    }
+    let filter = store::filter::KeyFilter::new(held.saturating_mul(2));
+    for prefix in FILTERED {
+        for item in table.range(prefix..prefix_end(prefix).as_slice())? {
+            filter.add(item?.0.value());
+        }
+    }
+    Ok(filter)
+}
+
 fn view_key(id: &str) -> Vec<u8> {
     format!("v/{id}").into_bytes()
 }
@@ -199,25 +217,11 @@ impl ViewStore {
         let write = db.begin_write()?;
         write.open_table(VIEWS)?;
         write.commit()?;
-        let views = ViewStore {
-            db: std::sync::Arc::new(db),
-            customers: std::sync::Arc::new(store::filter::KeyFilter::new(0)),
-            last_durable: std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
-        };
-        // Sized for what is there (and as much again); it grows beyond.
-        let held: usize = FILTERED.iter().map(|p| views.count_prefix(p)).sum();
-        let customers = store::filter::KeyFilter::new(held.saturating_mul(2));
-        {
-            let table = views.table()?;
-            for prefix in FILTERED {
-                for item in table.range(prefix..prefix_end(prefix).as_slice())? {
-                    customers.add(item?.0.value());
-                }
-            }
-        }
+        let customers = customer_filter(&db)?;
         Ok(ViewStore {
+            db: std::sync::Arc::new(db),
             customers: std::sync::Arc::new(customers),
-            ..views
+            last_durable: std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
         })
     }
 
