@@ -93,6 +93,8 @@ async fn import(b: &ImportBench, mut config: Config) -> anyhow::Result<()> {
     );
     config.data_dir = b.keep.clone().unwrap_or_else(|| dir.path().join("data"));
     let started = Instant::now();
+    // The generator's CPU is not the import's.
+    let cpu_before = matching::cli::cpu_seconds();
     let mut options = ingest::import::ImportOptions::new(&file);
     options.template = Some("trade-show".into());
     options.error_report = Some(dir.path().join("errors.csv"));
@@ -107,6 +109,13 @@ async fn import(b: &ImportBench, mut config: Config) -> anyhow::Result<()> {
         summary.rows_read as f64 / elapsed.as_secs_f64(),
         matching::cli::peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
     );
+    if let (Some((user, system)), Some((user0, system0))) = (matching::cli::cpu_seconds(), cpu_before) {
+        let (user, system) = (user - user0, system - system0);
+        println!(
+            "  CPU {user:.1} s user + {system:.1} s system = {:.2} cores busy on average",
+            (user + system) / elapsed.as_secs_f64()
+        );
+    }
     println!(
         "  phases: rows published at {:.1} s, identities resolved at {:.1} s, views caught up at {:.1} s",
         phases.published.as_secs_f64(),

@@ -239,6 +239,16 @@ pub fn peak_rss_bytes() -> Option<u64> {
     proc_status_bytes("VmHWM:")
 }
 
+/// User and system CPU seconds this process has used so far, where /proc exists (clock
+/// ticks of /proc/self/stat at Linux's 100 a second).
+pub fn cpu_seconds() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).map(|t| t / 100.0);
+    Some((ticks(11)?, ticks(12)?))
+}
+
 /// Resident set size of this process now (VmRSS), where /proc exists.
 pub fn rss_bytes() -> Option<u64> {
     proc_status_bytes("VmRSS:")

@@ -11,14 +11,6 @@ use std::time::{Duration, Instant};
 use projections::projector::{Projector, ViewStore};
 use store::EventStore;
 
-/// User and system CPU seconds of this process.
-fn cpu_seconds() -> (f64, f64) {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(") ").next().unwrap_or_default().split(' ').collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
-    (ticks(11), ticks(12))
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let mut args = std::env::args().skip(1);
@@ -45,7 +37,7 @@ async fn main() {
     let elapsed = started.elapsed().as_secs_f64();
     let _ = stop.send(true);
     follow.await.expect("the projector task").expect("the projector");
-    let (user, system) = cpu_seconds();
+    let (user, system) = matching::cli::cpu_seconds().unwrap_or_default();
     println!(
         "projected {tip} events in {elapsed:.1} s ({:.0} events/s); CPU {user:.1} s user + {system:.1} s system",
         tip as f64 / elapsed.max(1e-9)
