@@ -342,24 +342,22 @@ impl ViewStore {
         scope: &str,
         normalized: &str,
     ) -> Result<Option<CustomerView>, ProjectionError> {
-        // Newest bucket first: a later event's entry shadows an earlier one's.
+        // Newest bucket first (a later event's entry shadows an earlier one's), then the
+        // index of earlier versions; buckets up to the checkpoint this snapshot holds.
         let table = self.table()?;
-        let newest = self.checkpoint()?.map_or(0, ident_bucket);
-        let mut key = bucket_ident_key(newest, kind, scope, normalized);
-        for bucket in (0..=newest).rev() {
-            key[2..6].copy_from_slice(&bucket.to_be_bytes());
+        let checkpoint = table.get(CHECKPOINT)?.and_then(|v| decode_position(v.value()));
+        let newest = checkpoint.map_or(0, ident_bucket);
+        let keys = (0..=newest)
+            .rev()
+            .map(|bucket| bucket_ident_key(bucket, kind, scope, normalized))
+            .chain(std::iter::once(legacy_ident_key(kind, scope, normalized)));
+        for key in keys {
             if let Some(id) = table.get(key.as_slice())? {
                 let id = String::from_utf8_lossy(id.value()).into_owned();
                 return self.customer(&id);
             }
         }
-        match table.get(legacy_ident_key(kind, scope, normalized).as_slice())? {
-            Some(id) => {
-                let id = String::from_utf8_lossy(id.value()).into_owned();
-                self.customer(&id)
-            }
-            None => Ok(None),
-        }
+        Ok(None)
     }
 
     /// Customer ids in id order, strictly after `after`, optionally only those seen on `channel`.
