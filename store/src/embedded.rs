@@ -1,29 +1,29 @@
 //! The embedded event store on redb: the default backend for single-node deployments.
 //!
-//! Layout: one redb database file, `events.redb`, in the store directory, with five tables:
+//! Layout: one redb database file, `events.redb`, in the store directory, with these tables:
 //! - `log`: sequence (u64) → encoded record ([`record`]): the global log.
 //!   Sequences start at 1 and are never reused, so `after: None` means "from the start";
 //!   `GlobalPosition { commit: seq, prepare: seq }`.
-//! - `heads`: stream → BE last revision ‖ (event id (16 bytes) ‖ BE sequence) of each of the
-//!   stream's first 16 events. Most streams are short (an identity reservation holds one or
-//!   two events, most customers a handful), so most events need no key besides their log
-//!   entry: one head write per append instead of two keys per event.
+//! - stream heads: stream → BE last revision ‖ (event id (16 bytes) ‖ BE sequence) of each
+//!   of the stream's first 16 events. Most streams are short (an identity reservation holds
+//!   one or two events, most customers a handful), so most events need no key besides their
+//!   log entry. Heads are kept as a small merge tree ([`crate::heads`]): recent ones in
+//!   memory (rebuilt from the log at open), the rest in immutable runs `heads`, `heads-<n>`
+//!   listed in table `runs`.
 //! - `index`: stream ‖ 0xFF ‖ BE revision → sequence: the stream index from revision 16 on.
 //! - `ids`: stream ‖ 0xFF ‖ event id (16 bytes) → revision: ids of events from revision 16 on.
-//! - `meta`: `"format"` → layout version ([`FORMAT`]); a file with another is refused at
-//!   open, with what to do. A directory still holding the sled store of earlier versions is
-//!   refused the same way.
+//! - `meta`: `"format"` → layout version ([`FORMAT`]; a file in layout 3, whose `heads`
+//!   table becomes the base run, is upgraded in place; any other is refused at open, with
+//!   what to do), `"heads_flushed"` → the log sequence the runs cover, `"next_run"`. A
+//!   directory still holding the sled store of earlier versions is refused the same way.
 //!
 //! `0xFF` never occurs in UTF-8, so a stream's keys never interleave with a stream whose
 //! name it prefixes.
 //!
-//! Streams that do not exist are answered from memory: a Bloom filter of every stream name
-//! ([`KeyFilter`], filled from `heads` at open, kept by the writer) says "no such stream"
-//! without a B-tree lookup. Most reads of the domain ask for streams that do not exist yet
-//! (is this identifier claimed? does this new customer's stream exist?), and `heads` is keyed
-//! by random identifier hashes, so each of those reads was a page missing from the cache.
-//! The writer adds a name before the append that creates the stream is checked against the
-//! rest of its group, so a filter never says "absent" of a stream a reader could see.
+//! Streams that do not exist are answered from memory: each run of heads has a Bloom filter
+//! ([`crate::filter::KeyFilter`]), so "no such stream" costs no B-tree lookup. Most reads of
+//! the domain ask for streams that do not exist yet (is this identifier claimed? does this
+//! new customer's stream exist?).
 //!
 //! Appends go to one writer thread that commits them as one redb write transaction per
 //! *group*: every request waiting when the writer becomes free joins the group (group
@@ -54,6 +54,7 @@
 //!
 //! Not here: the KurrentDB adapter (`kurrent`), the port itself (`lib.rs`).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -64,7 +65,7 @@ use futures::stream::BoxStream;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::watch;
 
-use crate::filter::KeyFilter;
+use crate::heads::{HEAD_IDS, Head, Heads};
 use crate::{AppendOutcome, EventStore, ExpectedRevision, GlobalPosition, NewEvent, RecordedEvent, StoreError};
 
 /// Separator between a stream name and the rest of an index key (never valid UTF-8).
@@ -78,24 +79,24 @@ const SUBSCRIPTION_BATCH: usize = 2048;
 pub const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 /// Most requests committed in one write transaction.
 const MAX_GROUP: usize = 256;
+/// How long the writer waits for appends before it writes the next slice of a merge of
+/// heads on its own.
+const MERGE_IDLE: Duration = Duration::from_millis(2);
 /// Longest time acknowledged appends stay without a durable commit when nobody calls `sync()`.
 pub const BACKGROUND_SYNC: Duration = Duration::from_millis(500);
 /// File of the store inside its directory.
 pub const FILE: &str = "events.redb";
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-const HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("heads");
 const INDEX: TableDefinition<&[u8], u64> = TableDefinition::new("index");
 const IDS: TableDefinition<&[u8], u64> = TableDefinition::new("ids");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-/// Ids and sequences of a stream's first events are kept in its head (two keys less per
-/// event: most streams are short: an identity reservation holds one or two events).
-const HEAD_IDS: u64 = 16;
-/// Bytes per event in a stream head: event id + BE sequence.
-const HEAD_ENTRY: usize = 16 + 8;
-/// Version of this layout, kept under `meta["format"]`. 1 and 2 were sled key layouts.
-const FORMAT: u64 = 3;
+/// Version of this layout, kept under `meta["format"]`. 1 and 2 were sled key layouts; 3
+/// kept every head in one table (upgraded in place: it becomes the base run).
+const FORMAT: u64 = 4;
+
+pub use crate::heads::Tuning as HeadsTuning;
 
 /// The embedded event store. Cheap to clone (all clones share one database).
 #[derive(Clone)]
@@ -106,7 +107,7 @@ pub struct EmbeddedStore {
 struct Inner {
     db: Arc<Database>,
     path: PathBuf,
-    streams: Arc<KeyFilter>,
+    heads: Arc<Heads>,
     /// Last committed sequence, bumped by the writer after each group so live subscribers
     /// wake up without polling.
     tip: watch::Receiver<u64>,
@@ -123,19 +124,6 @@ fn stream_key(stream: &str, suffix: &[u8]) -> Vec<u8> {
     key.push(SEP);
     key.extend_from_slice(suffix);
     key
-}
-
-/// Every stream name the store holds ([`KeyFilter`]), filled from `heads` at open.
-fn stream_filter(db: &Database) -> Result<KeyFilter, StoreError> {
-    let read = db.begin_read().map_err(io("read the stream heads"))?;
-    let heads = read.open_table(HEADS).map_err(io("open the stream heads"))?;
-    let count = usize::try_from(heads.len().map_err(io("count the stream heads"))?).unwrap_or(usize::MAX);
-    let filter = KeyFilter::new(count.saturating_mul(2).max(1 << 20));
-    for item in heads.iter().map_err(io("read the stream heads"))? {
-        let (stream, _) = item.map_err(io("read the stream heads"))?;
-        filter.add(stream.value().as_bytes());
-    }
-    Ok(filter)
 }
 
 enum Request {
@@ -183,6 +171,12 @@ impl EmbeddedStore {
 
     /// Opens (or creates) the store in directory `path` with a page cache of `cache_bytes`.
     pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        Self::open_tuned(path, cache_bytes, HeadsTuning::default())
+    }
+
+    /// Opens (or creates) the store with the heads' merge tree sized by `tuning` (tests make
+    /// it small to see flushes and merges with a few streams).
+    pub fn open_tuned(path: &Path, cache_bytes: u64, tuning: HeadsTuning) -> Result<Self, StoreError> {
         refuse_sled_dir(path)?;
         std::fs::create_dir_all(path).map_err(|e| {
             StoreError::Io(format!(
@@ -209,18 +203,23 @@ impl EmbeddedStore {
                     file.display()
                 ))
             })?;
-        Self::from_db(db, file)
+        Self::from_db(db, file, tuning)
     }
 
     /// A store in memory, gone when the last clone is dropped. For tests.
     pub fn temporary() -> Result<Self, StoreError> {
+        Self::temporary_tuned(HeadsTuning::default())
+    }
+
+    /// A store in memory with the heads' merge tree sized by `tuning`. For tests.
+    pub fn temporary_tuned(tuning: HeadsTuning) -> Result<Self, StoreError> {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(|e| StoreError::Io(format!("cannot create a temporary embedded event store: {e}")))?;
-        Self::from_db(db, PathBuf::from("<temporary>"))
+        Self::from_db(db, PathBuf::from("<temporary>"), tuning)
     }
 
-    fn from_db(db: Database, path: PathBuf) -> Result<Self, StoreError> {
+    fn from_db(db: Database, path: PathBuf, tuning: HeadsTuning) -> Result<Self, StoreError> {
         check_format(&db, &path)?;
         let last = {
             let read = db.begin_read().map_err(io("read the log"))?;
@@ -229,14 +228,14 @@ impl EmbeddedStore {
                 .map_err(io("read the last log entry"))?
                 .map_or(0, |(k, _)| k.value())
         };
-        let streams = Arc::new(stream_filter(&db)?);
+        let heads = Arc::new(open_heads(&db, tuning)?);
         let db = Arc::new(db);
         let (tip_tx, tip) = watch::channel(last);
         let durable = Arc::new(AtomicU64::new(last));
         let (requests, queue) = mpsc::channel();
         let writer = Writer {
             db: Arc::clone(&db),
-            streams: Arc::clone(&streams),
+            heads: Arc::clone(&heads),
             last_sequence: last,
             tip: tip_tx,
             durable: Arc::clone(&durable),
@@ -250,7 +249,7 @@ impl EmbeddedStore {
             inner: Arc::new(Inner {
                 db,
                 path,
-                streams,
+                heads,
                 tip,
                 durable,
                 requests: Some(requests),
@@ -262,6 +261,11 @@ impl EmbeddedStore {
     /// Sequence of the last event in the global log (0 when empty).
     pub fn last_sequence(&self) -> u64 {
         *self.inner.tip.borrow()
+    }
+
+    /// How many runs of stream heads the store has now (see [`crate::heads`]).
+    pub fn head_runs(&self) -> usize {
+        self.inner.heads.run_count()
     }
 }
 
@@ -296,10 +300,25 @@ fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
         if found.is_none() && log_empty {
             meta.insert("format", FORMAT).map_err(io("write the layout version"))?;
         }
-        write.open_table(HEADS).map_err(io("open the stream heads"))?;
+        let found = found.or(log_empty.then_some(FORMAT));
+        if found == Some(3) {
+            // Layout 3 kept every head in `heads`: it becomes the base run, covering the log.
+            let last = write
+                .open_table(LOG)
+                .map_err(io("open the log"))?
+                .last()
+                .map_err(io("read the last log entry"))?
+                .map_or(0, |(k, _)| k.value());
+            meta.insert("heads_flushed", last).map_err(io("upgrade the layout"))?;
+            meta.insert("format", FORMAT).map_err(io("upgrade the layout"))?;
+            tracing::info!(path = %path.display(), "event store upgraded from layout 3 to {FORMAT} in place");
+        }
+        write
+            .open_table(TableDefinition::<&str, &[u8]>::new(crate::heads::BASE))
+            .map_err(io("open the stream heads"))?;
         write.open_table(INDEX).map_err(io("open the stream index"))?;
         write.open_table(IDS).map_err(io("open the event ids"))?;
-        found.or(log_empty.then_some(FORMAT))
+        found.map(|f| if f == 3 { FORMAT } else { f })
     };
     if found != Some(FORMAT) {
         return Err(StoreError::Config(format!(
@@ -314,11 +333,28 @@ fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn decode_u64(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
-    let arr: [u8; 8] = bytes
-        .try_into()
-        .map_err(|_| StoreError::Corrupt(format!("{what} has {} bytes, expected 8", bytes.len())))?;
-    Ok(u64::from_be_bytes(arr))
+/// The heads' runs, and their memtable read back from the log after the sequence they cover.
+fn open_heads(db: &Database, tuning: HeadsTuning) -> Result<Heads, StoreError> {
+    let write = db.begin_write().map_err(io("open the stream heads"))?;
+    let covered = write
+        .open_table(META)
+        .map_err(io("open the meta table"))?
+        .get("heads_flushed")
+        .map_err(io("read the flushed heads"))?
+        .map_or(0, |v| v.value());
+    let heads = {
+        let log = write.open_table(LOG).map_err(io("open the log"))?;
+        Heads::open(&write, tuning, &mut |apply| {
+            for item in log.range(covered.saturating_add(1)..).map_err(io("read the log"))? {
+                let (key, value) = item.map_err(io("read the log"))?;
+                let e = record::decode(key.value(), value.value())?;
+                apply(&e.stream, e.revision, &e.event_id, key.value());
+            }
+            Ok(())
+        })?
+    };
+    write.commit().map_err(io("open the stream heads"))?;
+    Ok(heads)
 }
 
 fn now_us() -> i64 {
@@ -331,7 +367,7 @@ fn now_us() -> i64 {
 /// The single writer: owns sequence assignment, commits groups of appends.
 struct Writer {
     db: Arc<Database>,
-    streams: Arc<KeyFilter>,
+    heads: Arc<Heads>,
     last_sequence: u64,
     tip: watch::Sender<u64>,
     durable: Arc<AtomicU64>,
@@ -347,6 +383,12 @@ impl Writer {
             let wait = self.undurable_since.map_or(Duration::from_secs(3600), |t| {
                 BACKGROUND_SYNC.saturating_sub(t.elapsed())
             });
+            // A merge of heads in progress goes on while no appends come.
+            let wait = if self.heads.merging() {
+                wait.min(MERGE_IDLE)
+            } else {
+                wait
+            };
             let first = match queue.recv_timeout(wait) {
                 Ok(first) => Some(first),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
@@ -407,11 +449,13 @@ impl Writer {
             return failed(io("set the commit durability")(e));
         }
         let mut sequence = self.last_sequence + 1;
+        let mut pending: HashMap<String, Head> = HashMap::new();
         let appended = (|| {
             let mut tables = Tables {
-                streams: &self.streams,
+                heads: &self.heads,
+                write: &write,
+                pending: &mut pending,
                 log: write.open_table(LOG)?,
-                heads: write.open_table(HEADS)?,
                 index: write.open_table(INDEX)?,
                 ids: write.open_table(IDS)?,
             };
@@ -430,15 +474,54 @@ impl Writer {
                 return failed(io("write the appends")(e));
             }
         };
-        if sequence == self.last_sequence + 1 && (!durable || self.undurable_since.is_none()) {
+        // The heads: a flush of the memtable when it is full, a slice of a merge if one runs.
+        let merging = self.heads.merging();
+        let maintained = (|| {
+            let mut meta = write.open_table(META).map_err(io("open the meta table"))?;
+            let flushed = match self.heads.flush_due(pending.len()) {
+                true => Some(self.heads.flush(&write, &pending, sequence - 1, &mut meta)?),
+                false => None,
+            };
+            if !merging {
+                self.heads.plan_merge(&mut meta)?;
+            }
+            drop(meta);
+            let merged = self.heads.merge_step(&write)?;
+            Ok::<_, StoreError>((flushed, merged))
+        })();
+        let (flushed, merged) = match maintained {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = write.abort();
+                self.heads.abandon_merge();
+                return failed(e);
+            }
+        };
+        let heads_work = flushed.is_some() || self.heads.merging();
+        if sequence == self.last_sequence + 1 && !heads_work && (!durable || self.undurable_since.is_none()) {
             let _ = write.abort();
             return GroupResult {
                 appends: results,
                 synced: Ok(()),
             };
         }
-        if let Err(e) = write.commit() {
-            return failed(io("commit the appends")(e));
+        {
+            // Readers begin their snapshots under the read lock: while the runs change, they
+            // wait for the commit, so their runs and snapshot agree.
+            let mut state = (flushed.is_some() || merged).then(|| self.heads.write_state());
+            if let Err(e) = write.commit() {
+                drop(state);
+                self.heads.abandon_merge();
+                return failed(io("commit the appends")(e));
+            }
+            let state = state.get_or_insert_with(|| self.heads.write_state());
+            match flushed {
+                Some(run) => self.heads.install(state, run),
+                None => state.memtable.extend(pending),
+            }
+            if merged {
+                self.heads.finish_merge(state);
+            }
         }
         self.last_sequence = sequence - 1;
         self.tip.send_replace(self.last_sequence);
@@ -463,62 +546,13 @@ struct GroupResult {
 
 /// The tables of one write transaction.
 struct Tables<'t> {
-    streams: &'t KeyFilter,
+    heads: &'t Heads,
+    write: &'t redb::WriteTransaction,
+    /// Heads this group changed (into the memtable after the commit).
+    pending: &'t mut HashMap<String, Head>,
     log: redb::Table<'t, u64, &'static [u8]>,
-    heads: redb::Table<'t, &'static str, &'static [u8]>,
     index: redb::Table<'t, &'static [u8], u64>,
     ids: redb::Table<'t, &'static [u8], u64>,
-}
-
-/// A stream head: its last revision, and the id and log sequence of each of its first
-/// [`HEAD_IDS`] events (later events have `I` and `E` keys).
-struct Head {
-    revision: u64,
-    /// [`HEAD_ENTRY`] bytes per event: id ‖ BE sequence.
-    entries: Vec<u8>,
-}
-
-impl Head {
-    fn decode(bytes: &[u8]) -> Result<Head, StoreError> {
-        if bytes.len() < 8 || !(bytes.len() - 8).is_multiple_of(HEAD_ENTRY) {
-            return Err(StoreError::Corrupt(format!(
-                "a stream head has {} bytes, expected 8 + {HEAD_ENTRY} per event",
-                bytes.len()
-            )));
-        }
-        Ok(Head {
-            revision: decode_u64(&bytes[..8], "stream head")?,
-            entries: bytes[8..].to_vec(),
-        })
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(8 + self.entries.len());
-        v.extend_from_slice(&self.revision.to_be_bytes());
-        v.extend_from_slice(&self.entries);
-        v
-    }
-
-    fn push(&mut self, id: &uuid::Uuid, sequence: u64) {
-        self.entries.extend_from_slice(id.as_bytes());
-        self.entries.extend_from_slice(&sequence.to_be_bytes());
-    }
-
-    fn holds(&self, id: &uuid::Uuid) -> bool {
-        self.entries.chunks_exact(HEAD_ENTRY).any(|c| &c[..16] == id.as_bytes())
-    }
-
-    /// Log sequences of the head's events from revision `from` on.
-    fn sequences(&self, from: u64) -> impl Iterator<Item = u64> + '_ {
-        self.entries
-            .chunks_exact(HEAD_ENTRY)
-            .skip(usize::try_from(from).unwrap_or(usize::MAX))
-            .map(|c| {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(&c[16..]);
-                u64::from_be_bytes(a)
-            })
-    }
 }
 
 impl Tables<'_> {
@@ -532,15 +566,13 @@ impl Tables<'_> {
         buf: &mut Vec<u8>,
     ) -> Result<Result<AppendOutcome, StoreError>, redb::Error> {
         let stream = request.stream.as_str();
-        // A stream the filter does not know has no head: no lookup (most appends create one).
-        let stored = match self.streams.may_hold(stream.as_bytes()) {
-            true => self.heads.get(stream)?.map(|v| Head::decode(v.value())),
-            false => None,
-        };
-        let head = match stored {
-            Some(Ok(h)) => Some(h),
-            Some(Err(e)) => return Ok(Err(e)),
-            None => None,
+        // A stream no run's filter knows costs no page (most appends create one).
+        let head = match self.pending.get(stream) {
+            Some(h) => Some(h.clone()),
+            None => match self.heads.lookup_for_write(self.write, stream) {
+                Ok(h) => h,
+                Err(e) => return Ok(Err(e)),
+            },
         };
         let mut fresh = Vec::with_capacity(request.events.len());
         for event in &request.events {
@@ -581,38 +613,25 @@ impl Tables<'_> {
                 position: None,
             }));
         }
-        let mut head = match head {
-            Some(h) => h,
-            None => {
-                // Before the head is written: later appends of this group look it up.
-                self.streams.add(stream.as_bytes());
-                Head {
-                    revision: 0,
-                    entries: Vec::new(),
-                }
-            }
-        };
-        let mut revision = last.map_or(0, |h| h + 1);
-        for event in &fresh {
+        let mut head = head.unwrap_or_else(Head::empty);
+        for (revision, event) in (last.map_or(0, |h| h + 1)..).zip(&fresh) {
             buf.clear();
             record::encode(buf, stream, revision, recorded_at_us, event);
             self.log.insert(*sequence, buf.as_slice())?;
-            if revision < HEAD_IDS {
-                head.push(&event.event_id, *sequence);
-            } else {
+            head.record(revision, &event.event_id, *sequence);
+            if revision >= HEAD_IDS {
                 self.index
                     .insert(stream_key(stream, &revision.to_be_bytes()).as_slice(), *sequence)?;
                 self.ids
                     .insert(stream_key(stream, event.event_id.as_bytes()).as_slice(), revision)?;
             }
-            revision += 1;
             *sequence += 1;
         }
-        head.revision = revision - 1;
-        self.heads.insert(stream, head.encode().as_slice())?;
+        let last_revision = head.revision;
+        self.pending.insert(stream.to_string(), head);
         let last = *sequence - 1;
         Ok(Ok(AppendOutcome {
-            last_revision: head.revision,
+            last_revision,
             appended: fresh.len(),
             position: Some(GlobalPosition {
                 commit: last,
@@ -625,10 +644,16 @@ impl Tables<'_> {
 impl Inner {
     fn read_log(&self, after: Option<GlobalPosition>, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         let start = after.map_or(0, |p| p.commit.saturating_add(1));
+        // Up to the tip only: the writer moves it once a group's heads are in the memtable,
+        // so a stream read after its event was seen in the log finds that event.
+        let tip = *self.tip.borrow();
+        if start > tip {
+            return Ok(Vec::new());
+        }
         let read = self.db.begin_read().map_err(io("read the global log"))?;
         let log = read.open_table(LOG).map_err(io("open the global log"))?;
         let mut out = Vec::with_capacity(max.min(4096));
-        for item in log.range(start..).map_err(io("read the global log"))?.take(max) {
+        for item in log.range(start..=tip).map_err(io("read the global log"))?.take(max) {
             let (key, value) = item.map_err(io("read the global log"))?;
             out.push(record::decode(key.value(), value.value())?);
         }
@@ -636,15 +661,10 @@ impl Inner {
     }
 
     fn read_stream_blocking(&self, stream: &str, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        if !self.streams.may_hold(stream.as_bytes()) {
-            return Ok(Vec::new());
-        }
-        let read = self.db.begin_read().map_err(io("read a stream"))?;
-        let heads = read.open_table(HEADS).map_err(io("open the stream heads"))?;
-        let Some(head) = heads.get(stream).map_err(io("read a stream head"))? else {
+        let (head, read) = self.heads.lookup(&self.db, stream)?;
+        let Some(head) = head else {
             return Ok(Vec::new());
         };
-        let head = Head::decode(head.value())?;
         // The first events' sequences are in the head, later ones in the stream index.
         let mut sequences: Vec<u64> = head.sequences(from).take(max).collect();
         if sequences.len() < max && head.revision >= HEAD_IDS {
@@ -673,15 +693,7 @@ impl Inner {
     }
 
     fn stream_revision(&self, stream: &str) -> Result<Option<u64>, StoreError> {
-        if !self.streams.may_hold(stream.as_bytes()) {
-            return Ok(None);
-        }
-        let read = self.db.begin_read().map_err(io("read a stream head"))?;
-        let heads = read.open_table(HEADS).map_err(io("open the stream heads"))?;
-        match heads.get(stream).map_err(io("read a stream head"))? {
-            Some(v) => Ok(Some(Head::decode(v.value())?.revision)),
-            None => Ok(None),
-        }
+        Ok(self.heads.lookup(&self.db, stream)?.0.map(|h| h.revision))
     }
 
     fn send(&self, request: Request) -> Result<(), StoreError> {
@@ -932,5 +944,78 @@ pub(crate) mod record {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_event(n: u128) -> NewEvent {
+        NewEvent {
+            event_id: uuid::Uuid::from_u128(n),
+            event_type: "NoteV1".into(),
+            data: vec![n as u8],
+            metadata: Vec::new(),
+        }
+    }
+
+    /// A file as layout 3 wrote it (every head in `heads`) opens, reads, takes appends and
+    /// is marked layout 4; its `heads` table is the base run.
+    #[tokio::test]
+    async fn a_layout_3_file_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Database::create(dir.path().join(FILE)).unwrap();
+            let write = db.begin_write().unwrap();
+            {
+                let mut log = write.open_table(LOG).unwrap();
+                let mut heads = write.open_table(TableDefinition::<&str, &[u8]>::new("heads")).unwrap();
+                let mut buf = Vec::new();
+                let mut sequence = 1;
+                for (stream, events) in [("customer-a", 3u128), ("identity-email-b", 1)] {
+                    let mut head = Head::empty();
+                    for r in 0..events {
+                        let e = new_event(sequence as u128 * 10 + r);
+                        buf.clear();
+                        record::encode(&mut buf, stream, r as u64, 7, &e);
+                        log.insert(sequence, buf.as_slice()).unwrap();
+                        head.record(r as u64, &e.event_id, sequence);
+                        sequence += 1;
+                    }
+                    heads.insert(stream, head.encode().as_slice()).unwrap();
+                }
+                write.open_table(META).unwrap().insert("format", 3).unwrap();
+                write.open_table(INDEX).unwrap();
+                write.open_table(IDS).unwrap();
+            }
+            write.commit().unwrap();
+        }
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            assert_eq!(store.stream_revision("customer-a").await.unwrap(), Some(2));
+            assert_eq!(store.read_stream("identity-email-b", 0, 10).await.unwrap().len(), 1);
+            let out = store
+                .append("customer-a", ExpectedRevision::Exact(2), vec![new_event(99)])
+                .await
+                .unwrap();
+            assert_eq!((out.last_revision, out.position.map(|p| p.commit)), (3, Some(5)));
+            store
+                .append("customer-c", ExpectedRevision::NoStream, vec![new_event(100)])
+                .await
+                .unwrap();
+            store.sync().await.unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let a = store.read_stream("customer-a", 0, 10).await.unwrap();
+        assert_eq!(a.iter().map(|e| e.revision).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert_eq!(store.stream_revision("customer-c").await.unwrap(), Some(0));
+        assert_eq!(store.stream_revision("identity-email-b").await.unwrap(), Some(0));
+        drop(store);
+        let db = Database::open(dir.path().join(FILE)).unwrap();
+        let read = db.begin_read().unwrap();
+        let meta = read.open_table(META).unwrap();
+        assert_eq!(meta.get("format").unwrap().map(|v| v.value()), Some(FORMAT));
+        assert_eq!(meta.get("heads_flushed").unwrap().map(|v| v.value()), Some(4));
     }
 }

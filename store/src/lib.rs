@@ -1,7 +1,7 @@
 //! The `EventStore` port: append-only customer and identity streams with a
 //! global order, optimistic concurrency and subscriptions.
 //!
-//! Implementations: [`embedded::EmbeddedStore`] (default, on sled) and
+//! Implementations: [`embedded::EmbeddedStore`] (default, on redb) and
 //! [`kurrent::KurrentStore`] (KurrentDB/EventStoreDB, for scale-out). Both must pass
 //! [`conformance`].
 
@@ -11,6 +11,7 @@ use uuid::Uuid;
 pub mod conformance;
 pub mod embedded;
 pub mod filter;
+mod heads;
 pub mod kurrent;
 pub mod remote;
 

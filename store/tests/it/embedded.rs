@@ -282,3 +282,163 @@ async fn last_position_is_the_tip_of_the_log() {
     let all = store.read_all(None, usize::MAX).await.unwrap();
     assert_eq!(store.last_position(), all.last().map(|e| e.position));
 }
+
+/// Heads flushed into a run every few streams and runs merged in slices of two: the whole
+/// merge tree is exercised by a few hundred streams.
+fn tiny() -> store::embedded::HeadsTuning {
+    store::embedded::HeadsTuning {
+        flush_at: 5,
+        fanout: 2,
+        merge_step: 8,
+    }
+}
+
+fn open_tiny(dir: &std::path::Path) -> EmbeddedStore {
+    match EmbeddedStore::open_tuned(dir, store::embedded::CACHE_BYTES, tiny()) {
+        Ok(s) => s,
+        Err(e) => panic!("open {}: {e}", dir.display()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_passes_with_heads_flushed_and_merged_every_few_streams() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    conformance::run_all(&open_tiny(dir.path())).await;
+    conformance::run_all(&EmbeddedStore::temporary_tuned(tiny()).expect("temporary store")).await;
+}
+
+/// Every stream reads back whole, with its revision, wherever its head is: the memtable,
+/// a fresh run, a merged run, or a run half merged; also after a reopen.
+async fn check_streams(store: &EmbeddedStore, expected: &[(String, Vec<u32>)]) {
+    for (stream, ns) in expected {
+        let revision = store.stream_revision(stream).await.expect("revision");
+        assert_eq!(revision, Some(ns.len() as u64 - 1), "revision of {stream}");
+        let read = store.read_stream(stream, 0, usize::MAX).await.expect("read");
+        let got: Vec<u32> = read
+            .iter()
+            .map(|e| u32::from_be_bytes(e.data[..4].try_into().unwrap()))
+            .collect();
+        assert_eq!(&got, ns, "events of {stream}");
+        let tail = store.read_stream(stream, 2, 3).await.expect("read from revision 2");
+        assert_eq!(
+            tail.len(),
+            ns.len().saturating_sub(2).min(3),
+            "{stream} from revision 2"
+        );
+    }
+    for i in 0..50 {
+        let absent = format!("identity-email-absent-{i}");
+        assert_eq!(store.stream_revision(&absent).await.unwrap(), None);
+        assert!(store.read_stream(&absent, 0, 10).await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_survive_flushes_merges_and_a_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut expected: Vec<(String, Vec<u32>)> = (0..120)
+        .map(|i| (format!("identity-phone-{i:04x}"), Vec::new()))
+        .collect();
+    let mut n = 0u32;
+    {
+        let store = open_tiny(dir.path());
+        // Rounds over every stream, so later events of a stream land while its head sits in
+        // a run (some streams pass the 16 events a head keeps).
+        for round in 0..20 {
+            for (i, (stream, ns)) in expected.iter_mut().enumerate() {
+                if round > 2 && i % 7 != 0 {
+                    continue;
+                }
+                let expect = match ns.len() {
+                    0 => ExpectedRevision::NoStream,
+                    len => ExpectedRevision::Exact(len as u64 - 1),
+                };
+                store.append(stream, expect, vec![event(n)]).await.expect("append");
+                ns.push(n);
+                n += 1;
+            }
+        }
+        assert!(
+            store.head_runs() <= 12,
+            "runs are merged as they pile up: {} runs",
+            store.head_runs()
+        );
+        check_streams(&store, &expected).await;
+        // A redelivery is recognised wherever the head is.
+        let (stream, ns) = &expected[7];
+        let first = store.read_stream(stream, 0, 1).await.unwrap().remove(0);
+        let again = NewEventCopy::of(&first);
+        let out = store
+            .append(stream, ExpectedRevision::Any, vec![again])
+            .await
+            .expect("redelivery");
+        assert_eq!((out.appended, out.last_revision), (0, ns.len() as u64 - 1));
+        store.sync().await.expect("sync");
+    }
+    let store = open_tiny(dir.path());
+    check_streams(&store, &expected).await;
+    let (stream, ns) = &mut expected[3];
+    store
+        .append(stream, ExpectedRevision::Exact(ns.len() as u64 - 1), vec![event(n)])
+        .await
+        .expect("append after reopen");
+    ns.push(n);
+    check_streams(&store, &expected).await;
+}
+
+/// A copy of a recorded event as a new one (same id): what a redelivery sends.
+struct NewEventCopy;
+impl NewEventCopy {
+    fn of(e: &store::RecordedEvent) -> store::NewEvent {
+        store::NewEvent {
+            event_id: e.event_id,
+            event_type: e.event_type.clone(),
+            data: e.data.clone(),
+            metadata: e.metadata.clone(),
+        }
+    }
+}
+
+const HEADS_CRASH_ENV: &str = "CRM_STORE_HEADS_CRASH_CHILD_DIR";
+
+/// Heads that were only in memory (the memtable) at a crash are read back from the log:
+/// a child appends to many streams with the tiny merge tree, syncs and aborts.
+#[tokio::test]
+async fn heads_in_memory_at_a_crash_are_read_back_from_the_log() {
+    let streams = |i: u32| format!("identity-email-{i:04x}");
+    if let Ok(dir) = std::env::var(HEADS_CRASH_ENV) {
+        let store = open_tiny(std::path::Path::new(&dir));
+        for i in 0..203 {
+            store
+                .append(&streams(i), ExpectedRevision::NoStream, vec![event(i)])
+                .await
+                .expect("append");
+        }
+        store.sync().await.expect("sync");
+        std::process::abort();
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exe = std::env::current_exe().expect("current test binary");
+    let status = std::process::Command::new(exe)
+        .args([
+            "embedded::heads_in_memory_at_a_crash_are_read_back_from_the_log",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env(HEADS_CRASH_ENV, dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("spawn child");
+    assert!(!status.success(), "the child must die by abort, got {status:?}");
+    let expected: Vec<(String, Vec<u32>)> = (0..203).map(|i| (streams(i), vec![i])).collect();
+    check_streams(&open_tiny(dir.path()), &expected).await;
+    // And with the default tuning, where every head of them is read back from the log.
+    let default = open(dir.path());
+    check_streams(&default, &expected).await;
+    let err = default
+        .append(&streams(5), ExpectedRevision::NoStream, vec![event(9)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, store::StoreError::WrongExpectedRevision { .. }), "{err}");
+}

@@ -1,0 +1,608 @@
+//! Stream heads of the embedded store as a small log-structured merge tree inside redb.
+//!
+//! A head (a stream's last revision and its first events' ids and log sequences) changes on
+//! every append, and most streams are identity reservations keyed by a random hash. In one
+//! B-tree each new one dirtied a 4 KiB page of its own that the small cache had to read back
+//! and write out: a million-row import read 11.6 GB and wrote 13.6 GB through the store's
+//! writer for ~1.5 GB of data. Here heads live in:
+//! - the **memtable**: heads changed since the last flush, in memory. They are not written
+//!   by the appends' transactions at all: the log is, and at open the log after
+//!   `meta["heads_flushed"]` is read back into the memtable, so a crash loses nothing;
+//! - **runs**: immutable redb tables written once in key order (sequential pages), listed
+//!   in table `runs` (recency → table name; newer runs shadow older ones). The memtable is
+//!   flushed into a new run when it holds [`Tuning::flush_at`] heads, in the same
+//!   transaction that records the log sequence it covers. When the [`Tuning::fanout`] newest
+//!   runs are of one size tier they are merged into one, a slice per group commit
+//!   ([`Tuning::merge_step`] heads), so the writer never stalls for a whole merge; the
+//!   merged run replaces its inputs in the transaction that completes it. A run's table
+//!   left half-written by a crash is dropped at open and the merge starts again.
+//!
+//! Each run has a Bloom filter ([`KeyFilter`]) in memory, built as it is written (and at open
+//! by reading its keys), so a lookup reads at most the runs whose filter may hold the
+//! stream; a stream that does not exist (most lookups: is this identifier claimed?) costs
+//! a hash map probe and a few filter probes, no page. Runs stay few: base-4 tiers of 32k,
+//! 128k, 512k, 2M… heads, at most `fanout - 1` of each.
+//!
+//! Readers take the state's read lock while they begin their read transaction, and the
+//! writer holds the write lock while it commits a transaction that changes the runs, so
+//! a reader's runs and snapshot always agree. The memtable takes a group's heads after the
+//! group is committed and before the tip moves, so what a reader finds in it is in its
+//! snapshot too.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
+
+use crate::StoreError;
+use crate::filter::KeyFilter;
+
+/// Ids and sequences of a stream's first events are kept in its head (two keys less per
+/// event: most streams are short: an identity reservation holds one or two events).
+pub(crate) const HEAD_IDS: u64 = 16;
+/// Bytes per event in a stream head: event id + BE sequence.
+const HEAD_ENTRY: usize = 16 + 8;
+
+/// recency → name of the run's table; the base run (`heads`, the table of layout 3) is 0.
+pub(crate) const RUNS: TableDefinition<u64, &str> = TableDefinition::new("runs");
+/// The base run's table.
+pub(crate) const BASE: &str = "heads";
+/// Prefix of the other runs' tables.
+const RUN_PREFIX: &str = "heads-";
+
+fn run_table(name: &str) -> TableDefinition<'_, &'static str, &'static [u8]> {
+    TableDefinition::new(name)
+}
+
+/// Sizes of the heads' merge tree. [`Tuning::default`] is what the store uses; tests make
+/// it small to exercise flushes and merges with a few streams.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// Heads in memory before they are written as a run.
+    pub flush_at: usize,
+    /// Runs of one size tier merged into one.
+    pub fanout: usize,
+    /// Heads a merge writes per group commit.
+    pub merge_step: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            flush_at: 32 * 1024,
+            fanout: 4,
+            merge_step: 16 * 1024,
+        }
+    }
+}
+
+/// A stream head: its last revision, and the id and log sequence of each of its first
+/// [`HEAD_IDS`] events (later events have `index` and `ids` keys).
+#[derive(Debug, Clone)]
+pub(crate) struct Head {
+    pub(crate) revision: u64,
+    /// [`HEAD_ENTRY`] bytes per event: id ‖ BE sequence.
+    entries: Vec<u8>,
+}
+
+impl Head {
+    pub(crate) fn empty() -> Head {
+        Head {
+            revision: 0,
+            entries: Vec::new(),
+        }
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Head, StoreError> {
+        if bytes.len() < 8 || !(bytes.len() - 8).is_multiple_of(HEAD_ENTRY) {
+            return Err(StoreError::Corrupt(format!(
+                "a stream head has {} bytes, expected 8 + {HEAD_ENTRY} per event",
+                bytes.len()
+            )));
+        }
+        let mut revision = [0u8; 8];
+        revision.copy_from_slice(&bytes[..8]);
+        Ok(Head {
+            revision: u64::from_be_bytes(revision),
+            entries: bytes[8..].to_vec(),
+        })
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(8 + self.entries.len());
+        v.extend_from_slice(&self.revision.to_be_bytes());
+        v.extend_from_slice(&self.entries);
+        v
+    }
+
+    /// Records the event at `revision` (its id and log sequence while `revision` < [`HEAD_IDS`]).
+    pub(crate) fn record(&mut self, revision: u64, id: &uuid::Uuid, sequence: u64) {
+        if revision < HEAD_IDS {
+            self.entries.extend_from_slice(id.as_bytes());
+            self.entries.extend_from_slice(&sequence.to_be_bytes());
+        }
+        self.revision = revision;
+    }
+
+    pub(crate) fn holds(&self, id: &uuid::Uuid) -> bool {
+        self.entries.chunks_exact(HEAD_ENTRY).any(|c| &c[..16] == id.as_bytes())
+    }
+
+    /// Log sequences of the head's events from revision `from` on.
+    pub(crate) fn sequences(&self, from: u64) -> impl Iterator<Item = u64> + '_ {
+        self.entries
+            .chunks_exact(HEAD_ENTRY)
+            .skip(usize::try_from(from).unwrap_or(usize::MAX))
+            .map(|c| {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(&c[16..]);
+                u64::from_be_bytes(a)
+            })
+    }
+}
+
+/// One run: an immutable table of heads in key order.
+#[derive(Clone)]
+pub(crate) struct Run {
+    recency: u64,
+    table: String,
+    len: u64,
+    filter: Arc<KeyFilter>,
+}
+
+impl Run {
+    /// Its head of `stream`, if it holds one.
+    fn get(
+        &self,
+        table: &impl ReadableTable<&'static str, &'static [u8]>,
+        stream: &str,
+    ) -> Result<Option<Head>, StoreError> {
+        if !self.filter.may_hold(stream.as_bytes()) {
+            return Ok(None);
+        }
+        match table.get(stream).map_err(db_err("read a stream head"))? {
+            Some(v) => Head::decode(v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+fn db_err<E: Into<redb::Error>>(what: &'static str) -> impl Fn(E) -> StoreError {
+    move |e| StoreError::Io(format!("embedded event store: cannot {what}: {}", e.into()))
+}
+
+/// What readers and the writer share.
+pub(crate) struct State {
+    pub(crate) memtable: HashMap<String, Head>,
+    /// Newest first.
+    runs: Arc<Vec<Run>>,
+}
+
+/// The heads: shared state plus what only the writer keeps (tuning, the merge in progress).
+pub(crate) struct Heads {
+    pub(crate) state: RwLock<State>,
+    tuning: Tuning,
+    merge: std::sync::Mutex<Option<Merge>>,
+}
+
+/// A merge in progress: `inputs` (a block of consecutive runs, newest first) into `output`.
+struct Merge {
+    inputs: Vec<u64>,
+    output: String,
+    recency: u64,
+    /// Last key written to `output`.
+    cursor: Option<String>,
+    written: u64,
+    filter: KeyFilter,
+}
+
+/// The memtable at open: the log after the sequence the runs cover, read back.
+pub(crate) type Replay<'a> = &'a mut dyn FnMut(&mut dyn FnMut(&str, u64, &uuid::Uuid, u64)) -> Result<(), StoreError>;
+
+impl Heads {
+    /// Opens the runs listed in `runs` (dropping tables a crash left half-written), builds
+    /// their filters, and refills the memtable with `replay`.
+    pub(crate) fn open(
+        write: &redb::WriteTransaction,
+        tuning: Tuning,
+        replay: Replay<'_>,
+    ) -> Result<Heads, StoreError> {
+        let listed: Vec<(u64, String)> = {
+            let mut runs = write.open_table(RUNS).map_err(db_err("open the run list"))?;
+            if runs.is_empty().map_err(db_err("read the run list"))? {
+                runs.insert(0, BASE).map_err(db_err("write the run list"))?;
+            }
+            let mut listed = Vec::new();
+            for item in runs.iter().map_err(db_err("read the run list"))? {
+                let (recency, name) = item.map_err(db_err("read the run list"))?;
+                listed.push((recency.value(), name.value().to_string()));
+            }
+            listed
+        };
+        let orphans: Vec<String> = write
+            .list_tables()
+            .map_err(db_err("list the tables"))?
+            .map(|t| t.name().to_string())
+            .filter(|n| n.starts_with(RUN_PREFIX) && !listed.iter().any(|(_, l)| l == n))
+            .collect();
+        for name in orphans {
+            tracing::info!(table = %name, "dropping a run of stream heads an interrupted merge left half-written");
+            write
+                .delete_table(run_table(&name))
+                .map_err(db_err("drop a half-written run"))?;
+        }
+        let mut runs = Vec::with_capacity(listed.len());
+        for (recency, name) in listed.into_iter().rev() {
+            let table = write
+                .open_table(run_table(&name))
+                .map_err(db_err("open a run of stream heads"))?;
+            let len = table.len().map_err(db_err("count a run of stream heads"))?;
+            let filter = KeyFilter::new(usize::try_from(len).unwrap_or(usize::MAX));
+            for item in table.iter().map_err(db_err("read a run of stream heads"))? {
+                let (stream, _) = item.map_err(db_err("read a run of stream heads"))?;
+                filter.add(stream.value().as_bytes());
+            }
+            runs.push(Run {
+                recency,
+                table: name,
+                len,
+                filter: Arc::new(filter),
+            });
+        }
+        let heads = Heads {
+            state: RwLock::new(State {
+                memtable: HashMap::new(),
+                runs: Arc::new(runs),
+            }),
+            tuning,
+            merge: std::sync::Mutex::new(None),
+        };
+        let mut memtable = HashMap::new();
+        let mut failed = None;
+        replay(&mut |stream, revision, id, sequence| {
+            if failed.is_some() {
+                return;
+            }
+            let head = match memtable.get_mut(stream) {
+                Some(h) => h,
+                None => {
+                    let found = heads.lookup_runs(write, stream);
+                    let head = match found {
+                        Ok(h) => h.unwrap_or_else(Head::empty),
+                        Err(e) => {
+                            failed = Some(e);
+                            return;
+                        }
+                    };
+                    memtable.entry(stream.to_string()).or_insert(head)
+                }
+            };
+            head.record(revision, id, sequence);
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        heads.write_state().memtable = memtable;
+        Ok(heads)
+    }
+
+    fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Heads in the runs only (newest first wins), through the writer's transaction.
+    fn lookup_runs(&self, write: &redb::WriteTransaction, stream: &str) -> Result<Option<Head>, StoreError> {
+        let runs = Arc::clone(&self.read_state().runs);
+        for run in runs.iter() {
+            if !run.filter.may_hold(stream.as_bytes()) {
+                continue;
+            }
+            let table = write
+                .open_table(run_table(&run.table))
+                .map_err(db_err("open a run of stream heads"))?;
+            if let Some(h) = run.get(&table, stream)? {
+                return Ok(Some(h));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The writer's lookup: the memtable, then the runs.
+    pub(crate) fn lookup_for_write(
+        &self,
+        write: &redb::WriteTransaction,
+        stream: &str,
+    ) -> Result<Option<Head>, StoreError> {
+        if let Some(h) = self.read_state().memtable.get(stream) {
+            return Ok(Some(h.clone()));
+        }
+        self.lookup_runs(write, stream)
+    }
+
+    /// A reader's lookup: `stream`'s head and a read transaction that holds everything it
+    /// points at.
+    pub(crate) fn lookup(
+        &self,
+        db: &redb::Database,
+        stream: &str,
+    ) -> Result<(Option<Head>, redb::ReadTransaction), StoreError> {
+        use redb::ReadableDatabase;
+        let (read, runs) = {
+            let state = self.read_state();
+            let read = db.begin_read().map_err(db_err("read a stream head"))?;
+            if let Some(h) = state.memtable.get(stream) {
+                return Ok((Some(h.clone()), read));
+            }
+            (read, Arc::clone(&state.runs))
+        };
+        for run in runs.iter() {
+            if !run.filter.may_hold(stream.as_bytes()) {
+                continue;
+            }
+            let table = read
+                .open_table(run_table(&run.table))
+                .map_err(db_err("open a run of stream heads"))?;
+            if let Some(h) = run.get(&table, stream)? {
+                return Ok((Some(h), read));
+            }
+        }
+        Ok((None, read))
+    }
+
+    /// Whether the memtable plus `pending` (the group's heads) is due to be flushed.
+    pub(crate) fn flush_due(&self, pending: usize) -> bool {
+        self.read_state().memtable.len() + pending >= self.tuning.flush_at
+    }
+
+    /// Whether a merge is in progress (the writer keeps committing slices of it).
+    pub(crate) fn merging(&self) -> bool {
+        self.merge.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// Writes the memtable plus `pending` as a new run in `write` (in key order) and records
+    /// that the runs now cover the log up to `covered`. Returns the run, installed by
+    /// [`Heads::install`] once `write` is committed.
+    pub(crate) fn flush(
+        &self,
+        write: &redb::WriteTransaction,
+        pending: &HashMap<String, Head>,
+        covered: u64,
+        meta: &mut redb::Table<'_, &'static str, u64>,
+    ) -> Result<Run, StoreError> {
+        let state = self.read_state();
+        let mut all: Vec<(&String, &Head)> = state
+            .memtable
+            .iter()
+            .filter(|(k, _)| !pending.contains_key(*k))
+            .collect();
+        all.extend(pending.iter());
+        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let next = meta
+            .get("next_run")
+            .map_err(db_err("read the run counter"))?
+            .map_or(1, |v| v.value());
+        meta.insert("next_run", next + 1)
+            .map_err(db_err("write the run counter"))?;
+        meta.insert("heads_flushed", covered)
+            .map_err(db_err("record the flushed heads"))?;
+        let name = format!("{RUN_PREFIX}{next}");
+        let filter = KeyFilter::new(all.len());
+        {
+            let mut table = write
+                .open_table(run_table(&name))
+                .map_err(db_err("create a run of stream heads"))?;
+            for (stream, head) in &all {
+                filter.add(stream.as_bytes());
+                table
+                    .insert(stream.as_str(), head.encode().as_slice())
+                    .map_err(db_err("write a run of stream heads"))?;
+            }
+        }
+        write
+            .open_table(RUNS)
+            .map_err(db_err("open the run list"))?
+            .insert(next, name.as_str())
+            .map_err(db_err("write the run list"))?;
+        Ok(Run {
+            recency: next,
+            table: name,
+            len: all.len() as u64,
+            filter: Arc::new(filter),
+        })
+    }
+
+    /// After the commit of a flush: the new run replaces the memtable. The caller holds the
+    /// state's write lock across that commit and this.
+    pub(crate) fn install(&self, state: &mut State, run: Run) {
+        state.memtable.clear();
+        let mut runs: Vec<Run> = Vec::with_capacity(state.runs.len() + 1);
+        runs.push(run);
+        runs.extend(state.runs.iter().cloned());
+        state.runs = Arc::new(runs);
+    }
+
+    /// Size tier of a run: 0 below `fanout × flush_at` heads, 1 below `fanout²×`, …
+    fn tier(&self, len: u64) -> u32 {
+        let unit = (self.tuning.flush_at as u64).max(1);
+        let fanout = (self.tuning.fanout as u64).max(2);
+        let mut tier = 0;
+        let mut bound = unit * fanout;
+        while len >= bound {
+            tier += 1;
+            bound = bound.saturating_mul(fanout);
+        }
+        tier
+    }
+
+    /// Starts a merge when `fanout` consecutive runs share a tier (and none is running).
+    pub(crate) fn plan_merge(&self, meta: &mut redb::Table<'_, &'static str, u64>) -> Result<(), StoreError> {
+        let mut merge = self.merge.lock().unwrap_or_else(|p| p.into_inner());
+        if merge.is_some() {
+            return Ok(());
+        }
+        let runs = Arc::clone(&self.read_state().runs);
+        let fanout = self.tuning.fanout.max(2);
+        // The lowest tier that has `fanout` consecutive runs (consecutive: a merged run takes
+        // its inputs' place in recency order). The base run of an upgraded store is never an
+        // input: it can be far bigger than anything flushed since.
+        let window = runs
+            .windows(fanout)
+            .filter(|w| {
+                w.iter()
+                    .all(|r| r.recency != 0 && self.tier(r.len) == self.tier(w[0].len))
+            })
+            .min_by_key(|w| self.tier(w[0].len));
+        let Some(newest) = window else { return Ok(()) };
+        let next = meta
+            .get("next_run")
+            .map_err(db_err("read the run counter"))?
+            .map_or(1, |v| v.value());
+        meta.insert("next_run", next + 1)
+            .map_err(db_err("write the run counter"))?;
+        let expected: u64 = newest.iter().map(|r| r.len).sum();
+        *merge = Some(Merge {
+            inputs: newest.iter().map(|r| r.recency).collect(),
+            output: format!("{RUN_PREFIX}{next}"),
+            recency: newest[0].recency,
+            cursor: None,
+            written: 0,
+            filter: KeyFilter::new(usize::try_from(expected).unwrap_or(usize::MAX)),
+        });
+        Ok(())
+    }
+
+    /// Writes the next slice of the merge in progress. Returns `true` when this slice
+    /// completed it: then the caller commits holding the state's write lock and calls
+    /// [`Heads::finish_merge`].
+    pub(crate) fn merge_step(&self, write: &redb::WriteTransaction) -> Result<bool, StoreError> {
+        let mut guard = self.merge.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(merge) = guard.as_mut() else { return Ok(false) };
+        let runs = Arc::clone(&self.read_state().runs);
+        let inputs: Vec<&Run> = merge
+            .inputs
+            .iter()
+            .filter_map(|r| runs.iter().find(|run| run.recency == *r))
+            .collect();
+        let tables = inputs
+            .iter()
+            .map(|r| write.open_table(run_table(&r.table)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err("open a run to merge"))?;
+        let lower = match &merge.cursor {
+            Some(c) => std::ops::Bound::Excluded(c.as_str()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut iters = tables
+            .iter()
+            .map(|t| {
+                t.range::<&str>((lower, std::ops::Bound::Unbounded))
+                    .map(|it| it.peekable())
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err("read a run to merge"))?;
+        let mut output = write
+            .open_table(run_table(&merge.output))
+            .map_err(db_err("create a merged run"))?;
+        let mut done = true;
+        for _ in 0..self.tuning.merge_step.max(1) {
+            // The smallest key among the inputs; the newest input (first) wins a tie.
+            let mut best: Option<(usize, String)> = None;
+            for (i, it) in iters.iter_mut().enumerate() {
+                if let Some(item) = it.peek() {
+                    let key = match item {
+                        Ok((k, _)) => k.value().to_string(),
+                        Err(_) => {
+                            return Err(StoreError::Io(
+                                "embedded event store: cannot read a run to merge".into(),
+                            ));
+                        }
+                    };
+                    if best.as_ref().is_none_or(|(_, b)| key < *b) {
+                        best = Some((i, key));
+                    }
+                }
+            }
+            let Some((winner, key)) = best else {
+                done = true;
+                break;
+            };
+            done = false;
+            let mut value = None;
+            for (i, it) in iters.iter_mut().enumerate() {
+                if it
+                    .peek()
+                    .is_some_and(|item| item.as_ref().is_ok_and(|(k, _)| k.value() == key))
+                {
+                    let (_, v) = it.next().expect("peeked").map_err(db_err("read a run to merge"))?;
+                    if i == winner {
+                        value = Some(v.value().to_vec());
+                    }
+                }
+            }
+            let value = value.expect("the winner's entry was taken");
+            merge.filter.add(key.as_bytes());
+            output
+                .insert(key.as_str(), value.as_slice())
+                .map_err(db_err("write a merged run"))?;
+            merge.written += 1;
+            merge.cursor = Some(key);
+        }
+        if !done {
+            done = iters.iter_mut().all(|it| it.peek().is_none());
+        }
+        drop(output);
+        drop(iters);
+        drop(tables);
+        if !done {
+            return Ok(false);
+        }
+        let mut list = write.open_table(RUNS).map_err(db_err("open the run list"))?;
+        for run in &inputs {
+            list.remove(run.recency).map_err(db_err("write the run list"))?;
+            write
+                .delete_table(run_table(&run.table))
+                .map_err(db_err("drop a merged run"))?;
+        }
+        list.insert(merge.recency, merge.output.as_str())
+            .map_err(db_err("write the run list"))?;
+        Ok(true)
+    }
+
+    /// After the commit that completed a merge: its output replaces its inputs. The caller
+    /// holds the state's write lock across that commit and this.
+    pub(crate) fn finish_merge(&self, state: &mut State) {
+        let Some(merge) = self.merge.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let mut output = Some(Run {
+            recency: merge.recency,
+            table: merge.output,
+            len: merge.written,
+            filter: Arc::new(merge.filter),
+        });
+        let mut runs: Vec<Run> = Vec::with_capacity(state.runs.len());
+        for run in state.runs.iter() {
+            if merge.inputs.contains(&run.recency) {
+                // The inputs are consecutive: the output takes the place of the first.
+                runs.extend(output.take());
+            } else {
+                runs.push(run.clone());
+            }
+        }
+        state.runs = Arc::new(runs);
+    }
+
+    /// Forgets a merge whose completing transaction failed (it starts again).
+    pub(crate) fn abandon_merge(&self) {
+        self.merge.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// How many runs there are (for tests and logs).
+    pub(crate) fn run_count(&self) -> usize {
+        self.read_state().runs.len()
+    }
+}
