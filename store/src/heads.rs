@@ -171,6 +171,19 @@ fn db_err<E: Into<redb::Error>>(what: &'static str) -> impl Fn(E) -> StoreError 
     move |e| StoreError::Io(format!("embedded event store: cannot {what}: {}", e.into()))
 }
 
+/// The next entry of a run being merged, owned.
+fn next_entry(
+    range: &mut redb::Range<'_, &'static str, &'static [u8]>,
+) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+    match range.next() {
+        Some(item) => {
+            let (k, v) = item.map_err(db_err("read a run to merge"))?;
+            Ok(Some((k.value().to_string(), v.value().to_vec())))
+        }
+        None => Ok(None),
+    }
+}
+
 /// What readers and the writer share.
 pub(crate) struct State {
     pub(crate) memtable: HashMap<String, Head>,
@@ -498,52 +511,31 @@ impl Heads {
         };
         let mut iters = tables
             .iter()
-            .map(|t| {
-                t.range::<&str>((lower, std::ops::Bound::Unbounded))
-                    .map(|it| it.peekable())
-            })
+            .map(|t| t.range::<&str>((lower, std::ops::Bound::Unbounded)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(db_err("read a run to merge"))?;
+        // Each input's current entry, owned (read once per entry, not once per comparison).
+        let mut current = iters.iter_mut().map(next_entry).collect::<Result<Vec<_>, _>>()?;
         let mut output = write
             .open_table(run_table(&merge.output))
             .map_err(db_err("create a merged run"))?;
-        let mut done = true;
         for _ in 0..self.tuning.merge_step.max(1) {
             // The smallest key among the inputs; the newest input (first) wins a tie.
-            let mut best: Option<(usize, String)> = None;
-            for (i, it) in iters.iter_mut().enumerate() {
-                if let Some(item) = it.peek() {
-                    let key = match item {
-                        Ok((k, _)) => k.value().to_string(),
-                        Err(_) => {
-                            return Err(StoreError::Io(
-                                "embedded event store: cannot read a run to merge".into(),
-                            ));
-                        }
-                    };
-                    if best.as_ref().is_none_or(|(_, b)| key < *b) {
-                        best = Some((i, key));
-                    }
-                }
-            }
-            let Some((winner, key)) = best else {
-                done = true;
-                break;
-            };
-            done = false;
-            let mut value = None;
-            for (i, it) in iters.iter_mut().enumerate() {
-                if it
-                    .peek()
-                    .is_some_and(|item| item.as_ref().is_ok_and(|(k, _)| k.value() == key))
+            let mut winner: Option<usize> = None;
+            for (i, entry) in current.iter().enumerate() {
+                if let Some((key, _)) = entry
+                    && winner.is_none_or(|w| current[w].as_ref().is_some_and(|(best, _)| key < best))
                 {
-                    let (_, v) = it.next().expect("peeked").map_err(db_err("read a run to merge"))?;
-                    if i == winner {
-                        value = Some(v.value().to_vec());
-                    }
+                    winner = Some(i);
                 }
             }
-            let value = value.expect("the winner's entry was taken");
+            let Some(winner) = winner else { break };
+            let (key, value) = current[winner].take().expect("the winner has an entry");
+            for (i, entry) in current.iter_mut().enumerate() {
+                if i == winner || entry.as_ref().is_some_and(|(k, _)| *k == key) {
+                    *entry = next_entry(&mut iters[i])?;
+                }
+            }
             merge.filter.add(key.as_bytes());
             output
                 .insert(key.as_str(), value.as_slice())
@@ -551,9 +543,7 @@ impl Heads {
             merge.written += 1;
             merge.cursor = Some(key);
         }
-        if !done {
-            done = iters.iter_mut().all(|it| it.peek().is_none());
-        }
+        let done = current.iter().all(Option::is_none);
         drop(output);
         drop(iters);
         drop(tables);
