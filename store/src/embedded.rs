@@ -344,7 +344,7 @@ fn open_heads(db: &Database, tuning: HeadsTuning) -> Result<Heads, StoreError> {
         .map_or(0, |v| v.value());
     let heads = {
         let log = write.open_table(LOG).map_err(io("open the log"))?;
-        Heads::open(&write, tuning, &mut |apply| {
+        Heads::open(&write, tuning, covered, &mut |apply| {
             for item in log.range(covered.saturating_add(1)..).map_err(io("read the log"))? {
                 let (key, value) = item.map_err(io("read the log"))?;
                 let e = record::decode(key.value(), value.value())?;
@@ -478,7 +478,7 @@ impl Writer {
         let merging = self.heads.merging();
         let maintained = (|| {
             let mut meta = write.open_table(META).map_err(io("open the meta table"))?;
-            let flushed = match self.heads.flush_due(pending.len()) {
+            let flushed = match self.heads.flush_due(pending.len(), sequence - 1) {
                 true => Some(self.heads.flush(&write, &pending, sequence - 1, &mut meta)?),
                 false => None,
             };

@@ -10,12 +10,14 @@
 //!   `meta["heads_flushed"]` is read back into the memtable, so a crash loses nothing;
 //! - **runs**: immutable redb tables written once in key order (sequential pages), listed
 //!   in table `runs` (recency → table name; newer runs shadow older ones). The memtable is
-//!   flushed into a new run when it holds [`Tuning::flush_at`] heads, in the same
-//!   transaction that records the log sequence it covers. When the [`Tuning::fanout`] newest
+//!   flushed into a new run when it holds [`Tuning::flush_at`] heads (or the log has grown
+//!   by four times that many events since the last flush, so an open reads back a bounded
+//!   stretch of it), in the same transaction that records the log sequence it covers. When the [`Tuning::fanout`] newest
 //!   runs are of one size tier they are merged into one, a slice per group commit
 //!   ([`Tuning::merge_step`] heads), so the writer never stalls for a whole merge; the
 //!   merged run replaces its inputs in the transaction that completes it. A run's table
-//!   left half-written by a crash is dropped at open and the merge starts again.
+//!   left half-written by a crash (or a failed commit) is dropped at the next open and
+//!   the merge starts again.
 //!
 //! Each run has a Bloom filter ([`KeyFilter`]) in memory, built as it is written (and at open
 //! by reading its keys), so a lookup reads at most the runs whose filter may hold the
@@ -187,6 +189,8 @@ fn next_entry(
 /// What readers and the writer share.
 pub(crate) struct State {
     pub(crate) memtable: HashMap<String, Head>,
+    /// The log sequence the runs cover (the memtable holds what came after).
+    covered: u64,
     /// Newest first.
     runs: Arc<Vec<Run>>,
 }
@@ -218,6 +222,7 @@ impl Heads {
     pub(crate) fn open(
         write: &redb::WriteTransaction,
         tuning: Tuning,
+        covered: u64,
         replay: Replay<'_>,
     ) -> Result<Heads, StoreError> {
         let listed: Vec<(u64, String)> = {
@@ -265,6 +270,7 @@ impl Heads {
         let heads = Heads {
             state: RwLock::new(State {
                 memtable: HashMap::new(),
+                covered,
                 runs: Arc::new(runs),
             }),
             tuning,
@@ -366,9 +372,14 @@ impl Heads {
         Ok((None, read))
     }
 
-    /// Whether the memtable plus `pending` (the group's heads) is due to be flushed.
-    pub(crate) fn flush_due(&self, pending: usize) -> bool {
-        self.read_state().memtable.len() + pending >= self.tuning.flush_at
+    /// Whether the memtable plus `pending` (the group's heads) is due to be flushed: it
+    /// holds [`Tuning::flush_at`] heads, or the log has grown by four times that many
+    /// events since the last flush (a few busy streams), which bounds what an open reads
+    /// back from the log.
+    pub(crate) fn flush_due(&self, pending: usize, last_sequence: u64) -> bool {
+        let state = self.read_state();
+        state.memtable.len() + pending >= self.tuning.flush_at
+            || last_sequence.saturating_sub(state.covered) >= 4 * self.tuning.flush_at as u64
     }
 
     /// Whether a merge is in progress (the writer keeps committing slices of it).
@@ -385,7 +396,7 @@ impl Heads {
         pending: &HashMap<String, Head>,
         covered: u64,
         meta: &mut redb::Table<'_, &'static str, u64>,
-    ) -> Result<Run, StoreError> {
+    ) -> Result<(Run, u64), StoreError> {
         let state = self.read_state();
         let mut all: Vec<(&String, &Head)> = state
             .memtable
@@ -420,18 +431,22 @@ impl Heads {
             .map_err(db_err("open the run list"))?
             .insert(next, name.as_str())
             .map_err(db_err("write the run list"))?;
-        Ok(Run {
-            recency: next,
-            table: name,
-            len: all.len() as u64,
-            filter: Arc::new(filter),
-        })
+        Ok((
+            Run {
+                recency: next,
+                table: name,
+                len: all.len() as u64,
+                filter: Arc::new(filter),
+            },
+            covered,
+        ))
     }
 
     /// After the commit of a flush: the new run replaces the memtable. The caller holds the
     /// state's write lock across that commit and this.
-    pub(crate) fn install(&self, state: &mut State, run: Run) {
+    pub(crate) fn install(&self, state: &mut State, (run, covered): (Run, u64)) {
         state.memtable.clear();
+        state.covered = covered;
         let mut runs: Vec<Run> = Vec::with_capacity(state.runs.len() + 1);
         runs.push(run);
         runs.extend(state.runs.iter().cloned());

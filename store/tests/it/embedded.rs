@@ -442,3 +442,30 @@ async fn heads_in_memory_at_a_crash_are_read_back_from_the_log() {
         .unwrap_err();
     assert!(matches!(err, store::StoreError::WrongExpectedRevision { .. }), "{err}");
 }
+
+/// A few busy streams never fill the memtable, but the log they grow is flushed anyway, so
+/// an open reads back a bounded stretch of the log.
+#[tokio::test]
+async fn a_busy_stream_is_flushed_by_log_growth_and_reads_back_after_a_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stream = "customer-busy".to_string();
+    {
+        let store = open_tiny(dir.path());
+        let runs_before = store.head_runs();
+        for n in 0..100 {
+            store
+                .append(&stream, ExpectedRevision::Any, vec![event(n)])
+                .await
+                .expect("append");
+        }
+        assert!(
+            store.head_runs() > runs_before,
+            "100 events into one stream flush its head (runs: {} before, {} after)",
+            runs_before,
+            store.head_runs()
+        );
+        store.sync().await.expect("sync");
+    }
+    let store = open_tiny(dir.path());
+    check_streams(&store, &[(stream, (0..100).collect())]).await;
+}
