@@ -12,9 +12,10 @@
 //!   in table `runs` (recency → table name; newer runs shadow older ones). The memtable is
 //!   flushed into a new run when it holds [`Tuning::flush_at`] heads (or the log has grown
 //!   by four times that many events since the last flush, so an open reads back a bounded
-//!   stretch of it), in the same transaction that records the log sequence it covers. When the [`Tuning::fanout`] newest
-//!   runs are of one size tier they are merged into one, a slice per group commit
-//!   ([`Tuning::merge_step`] heads), so the writer never stalls for a whole merge; the
+//!   stretch of it), in the same transaction that records the log sequence it covers.
+//!   When [`Tuning::fanout`] consecutive runs are of one size tier (the lowest such tier
+//!   first) they are merged into one, a slice per group commit ([`Tuning::merge_step`]
+//!   heads), so the writer never stalls for a whole merge; the
 //!   merged run replaces its inputs in the transaction that completes it. A run's table
 //!   left half-written by a crash (or a failed commit) is dropped at the next open and
 //!   the merge starts again.
@@ -23,7 +24,7 @@
 //! by reading its keys), so a lookup reads at most the runs whose filter may hold the
 //! stream; a stream that does not exist (most lookups: is this identifier claimed?) costs
 //! a hash map probe and a few filter probes, no page. Runs stay few: base-4 tiers of 32k,
-//! 128k, 512k, 2M… heads, at most `fanout - 1` of each.
+//! 128k, 512k, 2M… heads, at most `fanout - 1` of each once merges have caught up.
 //!
 //! Readers take the state's read lock while they begin their read transaction, and the
 //! writer holds the write lock while it commits a transaction that changes the runs, so
