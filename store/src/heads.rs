@@ -174,6 +174,36 @@ fn db_err<E: Into<redb::Error>>(what: &'static str) -> impl Fn(E) -> StoreError 
     move |e| StoreError::Io(format!("embedded event store: cannot {what}: {}", e.into()))
 }
 
+/// The head of `stream` in the newest of `runs` that holds one, each run's table opened by
+/// `open` (in a read or a write transaction) only if its filter may hold the stream.
+fn find_in_runs<T: ReadableTable<&'static str, &'static [u8]>>(
+    runs: &[Run],
+    stream: &str,
+    open: impl Fn(&str) -> Result<T, redb::TableError>,
+) -> Result<Option<Head>, StoreError> {
+    for run in runs {
+        if !run.filter.may_hold(stream.as_bytes()) {
+            continue;
+        }
+        let table = open(&run.table).map_err(db_err("open a run of stream heads"))?;
+        if let Some(h) = run.get(&table, stream)? {
+            return Ok(Some(h));
+        }
+    }
+    Ok(None)
+}
+
+/// A new run number (names the run's table and gives a flushed run its recency).
+fn next_run(meta: &mut redb::Table<'_, &'static str, u64>) -> Result<u64, StoreError> {
+    let next = meta
+        .get("next_run")
+        .map_err(db_err("read the run counter"))?
+        .map_or(1, |v| v.value());
+    meta.insert("next_run", next + 1)
+        .map_err(db_err("write the run counter"))?;
+    Ok(next)
+}
+
 /// The next entry of a run being merged, owned.
 fn next_entry(
     range: &mut redb::Range<'_, &'static str, &'static [u8]>,
@@ -317,18 +347,7 @@ impl Heads {
     /// Heads in the runs only (newest first wins), through the writer's transaction.
     fn lookup_runs(&self, write: &redb::WriteTransaction, stream: &str) -> Result<Option<Head>, StoreError> {
         let runs = Arc::clone(&self.read_state().runs);
-        for run in runs.iter() {
-            if !run.filter.may_hold(stream.as_bytes()) {
-                continue;
-            }
-            let table = write
-                .open_table(run_table(&run.table))
-                .map_err(db_err("open a run of stream heads"))?;
-            if let Some(h) = run.get(&table, stream)? {
-                return Ok(Some(h));
-            }
-        }
-        Ok(None)
+        find_in_runs(&runs, stream, |name| write.open_table(run_table(name)))
     }
 
     /// The writer's lookup: the memtable, then the runs.
@@ -359,18 +378,8 @@ impl Heads {
             }
             (read, Arc::clone(&state.runs))
         };
-        for run in runs.iter() {
-            if !run.filter.may_hold(stream.as_bytes()) {
-                continue;
-            }
-            let table = read
-                .open_table(run_table(&run.table))
-                .map_err(db_err("open a run of stream heads"))?;
-            if let Some(h) = run.get(&table, stream)? {
-                return Ok((Some(h), read));
-            }
-        }
-        Ok((None, read))
+        let head = find_in_runs(&runs, stream, |name| read.open_table(run_table(name)))?;
+        Ok((head, read))
     }
 
     /// Whether the memtable plus `pending` (the group's heads) is due to be flushed: it
@@ -406,12 +415,7 @@ impl Heads {
             .collect();
         all.extend(pending.iter());
         all.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let next = meta
-            .get("next_run")
-            .map_err(db_err("read the run counter"))?
-            .map_or(1, |v| v.value());
-        meta.insert("next_run", next + 1)
-            .map_err(db_err("write the run counter"))?;
+        let next = next_run(meta)?;
         meta.insert("heads_flushed", covered)
             .map_err(db_err("record the flushed heads"))?;
         let name = format!("{RUN_PREFIX}{next}");
@@ -486,12 +490,7 @@ impl Heads {
             })
             .min_by_key(|w| self.tier(w[0].len));
         let Some(newest) = window else { return Ok(()) };
-        let next = meta
-            .get("next_run")
-            .map_err(db_err("read the run counter"))?
-            .map_or(1, |v| v.value());
-        meta.insert("next_run", next + 1)
-            .map_err(db_err("write the run counter"))?;
+        let next = next_run(meta)?;
         let expected: u64 = newest.iter().map(|r| r.len).sum();
         *merge = Some(Merge {
             inputs: newest.iter().map(|r| r.recency).collect(),

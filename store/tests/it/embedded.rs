@@ -104,6 +104,23 @@ async fn data_survives_drop_and_reopen_and_sequences_continue() {
     );
 }
 
+/// Runs test `name` of this binary in a child process with `env` set to a fresh directory
+/// (the child appends, syncs and aborts: no destructors, no clean shutdown) and returns
+/// that directory once the child has died.
+fn abort_in_child(name: &str, env: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exe = std::env::current_exe().expect("current test binary");
+    let status = std::process::Command::new(exe)
+        .args([&format!("embedded::{name}"), "--exact", "--test-threads=1"])
+        .env(env, dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("spawn child");
+    assert!(!status.success(), "the child must die by abort, got {status:?}");
+    dir
+}
+
 const CRASH_DIR_ENV: &str = "CRM_STORE_CRASH_CHILD_DIR";
 const CRASH_STREAM: &str = "customer-crash";
 const CRASH_EVENTS: u32 = 1000;
@@ -129,20 +146,7 @@ async fn synced_appends_survive_a_process_abort() {
             .expect("append");
         std::process::abort();
     }
-    let dir = tempfile::tempdir().expect("temp dir");
-    let exe = std::env::current_exe().expect("current test binary");
-    let status = std::process::Command::new(exe)
-        .args([
-            "embedded::synced_appends_survive_a_process_abort",
-            "--exact",
-            "--test-threads=1",
-        ])
-        .env(CRASH_DIR_ENV, dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("spawn child");
-    assert!(!status.success(), "the child must die by abort, got {status:?}");
+    let dir = abort_in_child("synced_appends_survive_a_process_abort", CRASH_DIR_ENV);
     let store = open(dir.path());
     let read = store.read_stream(CRASH_STREAM, 0, usize::MAX).await.expect("read");
     assert_eq!(read.len(), CRASH_EVENTS as usize, "synced events lost in the crash");
@@ -417,20 +421,7 @@ async fn heads_in_memory_at_a_crash_are_read_back_from_the_log() {
         store.sync().await.expect("sync");
         std::process::abort();
     }
-    let dir = tempfile::tempdir().expect("temp dir");
-    let exe = std::env::current_exe().expect("current test binary");
-    let status = std::process::Command::new(exe)
-        .args([
-            "embedded::heads_in_memory_at_a_crash_are_read_back_from_the_log",
-            "--exact",
-            "--test-threads=1",
-        ])
-        .env(HEADS_CRASH_ENV, dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("spawn child");
-    assert!(!status.success(), "the child must die by abort, got {status:?}");
+    let dir = abort_in_child("heads_in_memory_at_a_crash_are_read_back_from_the_log", HEADS_CRASH_ENV);
     let expected: Vec<(String, Vec<u32>)> = (0..203).map(|i| (streams(i), vec![i])).collect();
     check_streams(&open_tiny(dir.path()), &expected).await;
     // And with the default tuning, where every head of them is read back from the log.
