@@ -153,23 +153,6 @@ pub(crate) struct Run {
     filter: Arc<KeyFilter>,
 }
 
-impl Run {
-    /// Its head of `stream`, if it holds one.
-    fn get(
-        &self,
-        table: &impl ReadableTable<&'static str, &'static [u8]>,
-        stream: &str,
-    ) -> Result<Option<Head>, StoreError> {
-        if !self.filter.may_hold(stream.as_bytes()) {
-            return Ok(None);
-        }
-        match table.get(stream).map_err(db_err("read a stream head"))? {
-            Some(v) => Head::decode(v.value()).map(Some),
-            None => Ok(None),
-        }
-    }
-}
-
 fn db_err<E: Into<redb::Error>>(what: &'static str) -> impl Fn(E) -> StoreError {
     move |e| StoreError::Io(format!("embedded event store: cannot {what}: {}", e.into()))
 }
@@ -186,8 +169,8 @@ fn find_in_runs<T: ReadableTable<&'static str, &'static [u8]>>(
             continue;
         }
         let table = open(&run.table).map_err(db_err("open a run of stream heads"))?;
-        if let Some(h) = run.get(&table, stream)? {
-            return Ok(Some(h));
+        if let Some(v) = table.get(stream).map_err(db_err("read a stream head"))? {
+            return Head::decode(v.value()).map(Some);
         }
     }
     Ok(None)
