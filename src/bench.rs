@@ -71,11 +71,15 @@ pub async fn run(cmd: &BenchCommand, config: Config) -> anyhow::Result<()> {
     };
     // Ctrl-C or SIGTERM drops the benchmark, and with it its temporary directory: a
     // million-row import's generated file, bus, store and views take ~7 GB there.
+    // The handlers are installed before the benchmark's first poll, which runs the
+    // generator synchronously and opens the stores before it first yields.
+    let interrupted = crate::node::shutdown_signal();
     tokio::select! {
-        result = bench => result,
-        _ = crate::node::shutdown_signal() => {
+        biased;
+        _ = interrupted => {
             anyhow::bail!("benchmark interrupted; its temporary files were removed (a --keep directory is left as it was)")
         }
+        result = bench => result,
     }
 }
 
