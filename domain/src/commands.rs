@@ -190,7 +190,8 @@ impl IdentityCommands {
             evidence.review_id = review_id.to_string();
             let cause = format!("review/{review_id}");
             append_merge(
-                self.store.as_ref(),
+                &self.store,
+                None,
                 &survivor.id,
                 &absorbed.id,
                 evidence,

@@ -172,49 +172,135 @@ pub(crate) async fn live_customer(store: &dyn EventStore, customer: &str, via: &
 
 /// Appends a merge: `CustomersMergedV1` in the survivor, then `MergedIntoV1` in the absorbed.
 /// Event ids derive from `cause` (an inbound event id or a review id).
+/// Appends a merge: `CustomersMergedV1` in the survivor, then `MergedIntoV1` in the absorbed.
+/// Event ids derive from `cause` (an inbound event id or a review id). `own`: the appends
+/// the matching state may take as known ([`OwnAppends`]).
 pub(crate) async fn append_merge(
-    store: &dyn EventStore,
+    store: &Arc<dyn EventStore>,
+    own: Option<&Arc<OwnAppends>>,
     survivor: &str,
     absorbed: &str,
     evidence: MergeEvidence,
     provenance: &Provenance,
     cause: &str,
 ) -> Result<usize, DomainError> {
+    let rule = evidence.rule.clone();
     let merged = CustomerEvent::Merged(CustomersMergedV1 {
         survivor_id: survivor.to_string(),
         absorbed_id: absorbed.to_string(),
         evidence: Some(evidence),
         provenance: Some(provenance.clone()),
     });
-    let mut appended = store
-        .append(
-            &identity::customer_stream(survivor),
-            ExpectedRevision::StreamExists,
-            vec![merged.to_new(event_id(cause, &format!("merge/{absorbed}")))],
-        )
-        .await?
-        .appended;
     let into = CustomerEvent::MergedInto(MergedIntoV1 {
         customer_id: absorbed.to_string(),
         survivor_id: survivor.to_string(),
         provenance: Some(provenance.clone()),
     });
-    appended += store
-        .append(
-            &identity::customer_stream(absorbed),
+    let mut appended = 0;
+    for (stream, event, role) in [
+        (survivor, merged, format!("merge/{absorbed}")),
+        (absorbed, into, format!("merged-into/{survivor}")),
+    ] {
+        let events = vec![(event, event_id(cause, &role))];
+        appended += append_typed(
+            store,
+            own,
+            &identity::customer_stream(stream),
             ExpectedRevision::StreamExists,
-            vec![into.to_new(event_id(cause, &format!("merged-into/{survivor}")))],
+            events,
         )
         .await?
         .appended;
-    metrics::counter!("domain_customers_merged_total", "rule" => merge_rule(&merged)).increment(1);
+    }
+    metrics::counter!("domain_customers_merged_total", "rule" => rule).increment(1);
     Ok(appended)
 }
 
-fn merge_rule(e: &CustomerEvent) -> String {
-    match e {
-        CustomerEvent::Merged(m) => m.evidence.as_ref().map(|e| e.rule.clone()).unwrap_or_default(),
-        _ => String::new(),
+/// Appends typed events to one stream and, given `own`, notes them for the matching state.
+pub(crate) async fn append_typed(
+    store: &Arc<dyn EventStore>,
+    own: Option<&Arc<OwnAppends>>,
+    stream: &str,
+    expected: ExpectedRevision,
+    events: Vec<(CustomerEvent, uuid::Uuid)>,
+) -> Result<store::AppendOutcome, StoreError> {
+    let new = events.iter().map(|(e, id)| e.to_new(*id)).collect();
+    let Some(own) = own else {
+        return store.append(stream, expected, new).await;
+    };
+    // Noted when committed: before the catch-up can meet these events in the log.
+    let (own, noting) = (own.clone(), store.clone());
+    let on_commit = Box::new(move |out: &store::AppendOutcome| {
+        own.note(noting.as_ref(), out, events.into_iter().map(|(e, _)| e));
+    });
+    store.append_then(stream, expected, new, on_commit).await
+}
+
+/// What this service appended, by log position, not yet applied to the matching state:
+/// the catch-up before a decision applies these as they are instead of reading them back
+/// from the store and decoding them (most of the log, under one import, is the domain's
+/// own appends). Only where the store numbers its log consecutively
+/// ([`EventStore::position_at`]) and an append wrote every event it was given, so each
+/// event's position is known; anything else (other writers, redeliveries) is read from the
+/// log as before. A pure function of the log still: a noted event is the one at its position.
+#[derive(Default)]
+pub struct OwnAppends {
+    events: std::sync::Mutex<BTreeMap<GlobalPosition, Option<CustomerEvent>>>,
+}
+
+/// Most events noted and not yet applied; past it the notes are dropped (read back instead),
+/// so a long run of decisions that never catch up cannot grow memory.
+const OWN_APPENDS_MAX: usize = 16_384;
+
+impl OwnAppends {
+    fn note(
+        &self,
+        store: &dyn EventStore,
+        out: &store::AppendOutcome,
+        events: impl ExactSizeIterator<Item = CustomerEvent>,
+    ) {
+        let n = events.len();
+        let Some(last) = out.position else { return };
+        if out.appended != n || n == 0 {
+            return;
+        }
+        let mut noted = self.lock();
+        if noted.len() + n > OWN_APPENDS_MAX {
+            noted.clear();
+        }
+        for (i, event) in events.enumerate() {
+            let Some(position) = store.position_at(Some(last), i as i64 + 1 - n as i64) else {
+                return;
+            };
+            noted.insert(position, MatchState::relevant(&event).then_some(event));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<GlobalPosition, Option<CustomerEvent>>> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies the noted events that directly follow the state's position (each outside
+    /// the lock: the store's writer notes meanwhile); forgets those it has passed. Returns
+    /// the next noted position, if any.
+    fn apply_next(&self, store: &dyn EventStore, state: &mut MatchState) -> Option<GlobalPosition> {
+        loop {
+            let next = store.position_at(state.position(), 1)?;
+            let event = {
+                let mut noted = self.lock();
+                while let Some(entry) = noted.first_entry()
+                    && *entry.key() < next
+                {
+                    entry.remove();
+                }
+                match noted.first_entry() {
+                    Some(entry) if *entry.key() == next => entry.remove(),
+                    Some(entry) => return Some(*entry.key()),
+                    None => return None,
+                }
+            };
+            state.apply_known(next, event.as_ref());
+        }
     }
 }
 
@@ -267,6 +353,8 @@ pub struct CustomerService {
     store: Arc<dyn EventStore>,
     config: DomainConfig,
     matching: tokio::sync::Mutex<MatchState>,
+    /// This service's appends the matching state has not applied yet.
+    own: Arc<OwnAppends>,
 }
 
 impl CustomerService {
@@ -276,7 +364,13 @@ impl CustomerService {
             store,
             config,
             matching,
+            own: Arc::default(),
         }
+    }
+
+    /// Where appends are noted for the matching state: nowhere when matching is off.
+    fn own(&self) -> Option<&Arc<OwnAppends>> {
+        self.config.matching.enabled.then_some(&self.own)
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
@@ -310,8 +404,18 @@ impl CustomerService {
         {
             return Ok(state);
         }
+        let tip = self.store.last_position();
         loop {
-            let events = self.store.read_all(state.position(), 10_000).await?;
+            // This service's own appends as they were; the log only for the rest.
+            let next_noted = self.own.apply_next(self.store.as_ref(), &mut state);
+            if tip.is_some_and(|tip| state.position().is_some_and(|p| p >= tip)) {
+                break;
+            }
+            let max = match (next_noted, self.store.position_at(state.position(), 1)) {
+                (Some(noted), Some(next)) => usize::try_from(noted.commit.saturating_sub(next.commit)).unwrap_or(1),
+                _ => 10_000,
+            };
+            let events = self.store.read_all(state.position(), max.clamp(1, 10_000)).await?;
             if events.is_empty() {
                 break;
             }
@@ -364,14 +468,8 @@ impl CustomerService {
             reason: reason.to_string(),
             provenance: Some(provenance.clone()),
         });
-        let out = self
-            .store
-            .append(
-                &stream,
-                ExpectedRevision::Any,
-                vec![request.to_new(event_id(&format!("review/{id}"), "requested"))],
-            )
-            .await?;
+        let events = vec![(request, event_id(&format!("review/{id}"), "requested"))];
+        let out = append_typed(&self.store, self.own(), &stream, ExpectedRevision::Any, events).await?;
         Ok((Some(id), out.appended))
     }
 
@@ -446,15 +544,15 @@ impl CustomerService {
                     limit: limit as u32,
                     provenance: Some(provenance.clone()),
                 });
-                appended += self
-                    .store
-                    .append(
-                        &identity::reservation_stream(&id),
-                        ExpectedRevision::StreamExists,
-                        vec![marked.to_new(event_id(&inbound_id, &format!("shared/{key}")))],
-                    )
-                    .await?
-                    .appended;
+                appended += append_typed(
+                    &self.store,
+                    self.own(),
+                    &identity::reservation_stream(&id),
+                    ExpectedRevision::StreamExists,
+                    vec![(marked, event_id(&inbound_id, &format!("shared/{key}")))],
+                )
+                .await?
+                .appended;
                 unusable.push(format!("{}={:?}: shared by several customers", id.kind, id.raw));
             }
         }
@@ -558,7 +656,8 @@ impl CustomerService {
                 cluster += theirs;
             }
             appended += append_merge(
-                self.store.as_ref(),
+                &self.store,
+                self.own(),
                 &customer_id,
                 &other.id,
                 evidence,
@@ -571,23 +670,26 @@ impl CustomerService {
 
         // Claim what nobody owns yet (each identifier its own stream: all at once); attach
         // what this event claimed (now or in an earlier attempt).
-        let claimed = futures::future::try_join_all(
-            identifiers
-                .iter()
-                .filter(|(key, _)| claims[*key].is_none())
-                .map(|(key, id)| {
-                    let claim = CustomerEvent::IdentifierClaimed(IdentifierClaimedV1 {
-                        identifier: Some(id.clone()),
-                        customer_id: customer_id.clone(),
-                        provenance: Some(provenance.clone()),
-                    });
-                    let stream = identity::reservation_stream(id);
-                    let events = vec![claim.to_new(event_id(&inbound_id, &format!("claim/{key}")))];
-                    async move { self.store.append(&stream, ExpectedRevision::NoStream, events).await }
-                })
-                .collect::<Vec<_>>(),
-        )
-        .await?;
+        let claimed =
+            futures::future::try_join_all(
+                identifiers
+                    .iter()
+                    .filter(|(key, _)| claims[*key].is_none())
+                    .map(|(key, id)| {
+                        let claim = CustomerEvent::IdentifierClaimed(IdentifierClaimedV1 {
+                            identifier: Some(id.clone()),
+                            customer_id: customer_id.clone(),
+                            provenance: Some(provenance.clone()),
+                        });
+                        let stream = identity::reservation_stream(id);
+                        let events = vec![(claim, event_id(&inbound_id, &format!("claim/{key}")))];
+                        async move {
+                            append_typed(&self.store, self.own(), &stream, ExpectedRevision::NoStream, events).await
+                        }
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .await?;
         appended += claimed.iter().map(|out| out.appended).sum::<usize>();
         let mut customer_events = Vec::new();
         if creating {
@@ -595,7 +697,7 @@ impl CustomerService {
                 customer_id: customer_id.clone(),
                 provenance: Some(provenance.clone()),
             });
-            customer_events.push(registered.to_new(event_id(&inbound_id, "register")));
+            customer_events.push((registered, event_id(&inbound_id, "register")));
         }
         for (key, id) in &identifiers {
             let ours = claims[key].as_ref().is_none_or(|c| c.cause == inbound_id);
@@ -605,7 +707,7 @@ impl CustomerService {
                     identifier: Some(id.clone()),
                     provenance: Some(provenance.clone()),
                 });
-                customer_events.push(attach.to_new(event_id(&inbound_id, &format!("attach/{key}"))));
+                customer_events.push((attach, event_id(&inbound_id, &format!("attach/{key}"))));
             }
         }
         let activity = CustomerEvent::ActivityRecorded(ActivityRecordedV1 {
@@ -616,16 +718,14 @@ impl CustomerService {
             raw: header.raw.clone(),
             raw_content_type: header.raw_content_type.clone(),
         });
-        customer_events.push(activity.to_new(event_id(&inbound_id, "activity")));
+        customer_events.push((activity, event_id(&inbound_id, "activity")));
         let expected = if creating && !redelivered_new {
             ExpectedRevision::NoStream
         } else {
             ExpectedRevision::StreamExists
         };
-        let out = self
-            .store
-            .append(&identity::customer_stream(&customer_id), expected, customer_events)
-            .await?;
+        let stream = identity::customer_stream(&customer_id);
+        let out = append_typed(&self.store, self.own(), &stream, expected, customer_events).await?;
         appended += out.appended;
         let created = creating && out.appended > 0 && !redelivered_new;
 
@@ -639,7 +739,8 @@ impl CustomerService {
                 let decided_by = format!("live matching: p={:.4} ≥ merge threshold {t}", c.scored.probability);
                 let evidence = probabilistic_evidence(&c, decided_by);
                 appended += append_merge(
-                    self.store.as_ref(),
+                    &self.store,
+                    self.own(),
                     &c.customer_id,
                     &customer_id,
                     evidence,

@@ -753,3 +753,200 @@ mod hooked {
         }
     }
 }
+
+/// The matching state takes the service's own appends as they were instead of reading them
+/// back (`OwnAppends`): it must end exactly where a state built from the log ends, with
+/// lanes racing each other and reviewer commands writing in between.
+mod own_appends {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::stream::BoxStream;
+    use store::{AppendOutcome, ExpectedRevision, GlobalPosition, NewEvent, RecordedEvent, StoreError};
+
+    use super::*;
+    use crate::matcher::{MatchState, MatchingConfig};
+
+    /// The embedded store, counting the events `read_all` hands out.
+    struct Counting {
+        inner: EmbeddedStore,
+        read: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl EventStore for Counting {
+        async fn append(
+            &self,
+            stream: &str,
+            expected: ExpectedRevision,
+            events: Vec<NewEvent>,
+        ) -> Result<AppendOutcome, StoreError> {
+            self.inner.append(stream, expected, events).await
+        }
+        async fn append_then(
+            &self,
+            stream: &str,
+            expected: ExpectedRevision,
+            events: Vec<NewEvent>,
+            on_commit: store::OnCommit,
+        ) -> Result<AppendOutcome, StoreError> {
+            self.inner.append_then(stream, expected, events, on_commit).await
+        }
+        async fn read_stream(&self, stream: &str, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.inner.read_stream(stream, from, max).await
+        }
+        async fn stream_revision(&self, stream: &str) -> Result<Option<u64>, StoreError> {
+            self.inner.stream_revision(stream).await
+        }
+        async fn read_all(&self, after: Option<GlobalPosition>, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+            let events = self.inner.read_all(after, max).await?;
+            self.read.fetch_add(events.len(), Ordering::Relaxed);
+            Ok(events)
+        }
+        fn subscribe_all(
+            &self,
+            after: Option<GlobalPosition>,
+        ) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
+            self.inner.subscribe_all(after)
+        }
+        async fn sync(&self) -> Result<(), StoreError> {
+            self.inner.sync().await
+        }
+        fn kind(&self) -> &'static str {
+            "embedded (counting reads)"
+        }
+        fn last_position(&self) -> Option<GlobalPosition> {
+            self.inner.last_position()
+        }
+        fn position_at(&self, from: Option<GlobalPosition>, offset: i64) -> Option<GlobalPosition> {
+            self.inner.position_at(from, offset)
+        }
+    }
+
+    const NAMES: [&str; 4] = ["张伟", "王芳", "Zhang Wei", "李娜"];
+    const ADDRESSES: [&str; 2] = ["上海市浦东新区世纪大道100号", "北京市朝阳区建国路88号"];
+
+    /// Lane `lane`'s `i`-th arrival: its own phones and emails (some repeated within the
+    /// lane, so identifiers merge), names and addresses shared with other lanes (so
+    /// probabilistic merges and reviews cross lanes).
+    fn arrival(lane: usize, i: usize) -> InboundEvent {
+        let phone = format!("phone=1380013{lane}{:03}", i % 7);
+        let email = format!("email=p{}@l{lane}.cn", i % 5);
+        let ids: Vec<&str> = match i % 3 {
+            0 => vec![&phone],
+            1 => vec![&email],
+            _ => vec![&phone, &email],
+        };
+        let birth = if i % 4 == 0 { "1985-03-12" } else { "" };
+        person(
+            &format!("l{lane}-e{i}"),
+            NAMES[(lane + i) % NAMES.len()],
+            ADDRESSES[i % ADDRESSES.len()],
+            birth,
+            &ids,
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_live_matching_state_equals_one_built_from_the_log() {
+        let counting = Arc::new(Counting {
+            inner: EmbeddedStore::temporary().unwrap(),
+            read: AtomicUsize::new(0),
+        });
+        let store: Arc<dyn EventStore> = counting.clone();
+        let config = DomainConfig {
+            matching: MatchingConfig {
+                max_shared_identifier_customers: 3,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let service = Arc::new(CustomerService::new(store.clone(), config.clone()));
+        let lanes = 4;
+        let per_lane = 40;
+        let (mut read_while_deciding, mut foreign) = (0, 0);
+        for round in 0..2 {
+            let read_before = counting.read.load(Ordering::Relaxed);
+            let tasks: Vec<_> = (0..lanes)
+                .map(|lane| {
+                    let service = service.clone();
+                    tokio::spawn(async move {
+                        for i in round * per_lane / 2..(round + 1) * per_lane / 2 {
+                            service.handle(&arrival(lane, i)).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            read_while_deciding += counting.read.load(Ordering::Relaxed) - read_before;
+            // A reviewer writes between the rounds: events the service did not append.
+            let all = store.read_all(None, usize::MAX).await.unwrap();
+            if let Some(review) = all.iter().find(|e| e.event_type == "MatchReviewRequestedV1") {
+                IdentityCommands::new(store.clone())
+                    .approve(review.stream.trim_start_matches("review-"), "alice")
+                    .await
+                    .unwrap();
+            }
+            foreign += store
+                .read_all(all.last().map(|e| e.position), usize::MAX)
+                .await
+                .unwrap()
+                .len();
+        }
+
+        let log = store.read_all(None, usize::MAX).await.unwrap();
+        let kinds = |t: &str| log.iter().filter(|e| e.event_type == t).count();
+        assert!(kinds("CustomersMergedV1") > 0, "the arrivals must merge");
+        assert!(kinds("IdentifierMarkedSharedV1") + kinds("MatchReviewRequestedV1") > 0);
+
+        let live = service.matching_state().await.unwrap();
+        let mut rebuilt = MatchState::new(&config.matching, config.default_region);
+        for e in &log {
+            rebuilt.apply(e);
+        }
+        assert_eq!(live.position(), rebuilt.position());
+        assert_eq!(live.indexed(), rebuilt.indexed());
+        let customers: std::collections::BTreeSet<&str> =
+            log.iter().filter_map(|e| e.stream.strip_prefix("customer-")).collect();
+        for c in &customers {
+            assert_eq!(live.root(c), rebuilt.root(c), "{c}");
+            assert_eq!(live.cluster_size(c), rebuilt.cluster_size(c), "{c}");
+        }
+        for lane in 0..lanes {
+            for i in 0..per_lane {
+                let InboundEvent::FormSubmitted(f) = arrival(lane, i) else {
+                    unreachable!()
+                };
+                let subject = f.observation.as_ref().and_then(|o| o.subject.as_ref());
+                let ids: Vec<proto::customer::Identifier> = subject
+                    .unwrap()
+                    .identifiers
+                    .iter()
+                    .filter_map(|raw| crate::identity::normalise(raw, config.default_region).ok())
+                    .collect();
+                for id in &ids {
+                    let key = crate::identity::key(id);
+                    assert_eq!(live.is_shared(&key), rebuilt.is_shared(&key), "{key}");
+                    assert_eq!(
+                        live.customers_with(&key, &["x"]),
+                        rebuilt.customers_with(&key, &["x"]),
+                        "{key}"
+                    );
+                }
+                let record = crate::matcher::record_of(subject, &ids.iter().collect::<Vec<_>>());
+                let best = |s: &MatchState| {
+                    s.best_candidate(&record, "nobody")
+                        .map(|c| (c.customer_id, c.scored.id, c.scored.probability))
+                };
+                assert_eq!(best(&live), best(&rebuilt), "lane {lane} arrival {i}");
+            }
+        }
+        // The catch-up read back only the events the service did not append itself.
+        assert!(foreign > 0, "the reviewer wrote nothing");
+        assert!(
+            read_while_deciding <= foreign,
+            "read {read_while_deciding} events back; only {foreign} were not the service's own"
+        );
+    }
+}

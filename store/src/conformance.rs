@@ -40,6 +40,7 @@ pub async fn run_all(store: &dyn EventStore) {
     read_all_ordering_and_after_exclusive(store).await;
     subscribe_all_catch_up_and_live(store).await;
     concurrent_exact_appenders(store).await;
+    append_then_tells_the_outcome_once(store).await;
 }
 
 /// A fresh stream name unique to this call: `customer-<uuid>-<label>`.
@@ -724,5 +725,48 @@ pub async fn concurrent_exact_appenders(store: &dyn EventStore) {
         recorded_ids(&read[1..]),
         winners,
         "[{kind}] race on {stream}: stream holds other than the winners"
+    );
+}
+
+/// `append_then` tells `on_commit` the outcome it returns, once, before it returns; not
+/// when the append fails. Where a store numbers its log (`position_at`), the outcome's
+/// position less `appended - 1` is the first event's, as `read_stream` reports it.
+pub async fn append_then_tells_the_outcome_once(store: &dyn EventStore) {
+    let kind = store.kind();
+    let stream = unique_stream("then");
+    let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let on_commit = |told: &std::sync::Arc<std::sync::Mutex<Vec<crate::AppendOutcome>>>| -> crate::OnCommit {
+        let told = told.clone();
+        Box::new(move |out: &crate::AppendOutcome| told.lock().unwrap().push(*out))
+    };
+    let out = store
+        .append_then(&stream, ExpectedRevision::NoStream, events(0..3), on_commit(&told))
+        .await
+        .unwrap_or_else(|e| panic!("[{kind}] append_then to {stream} failed: {e}"));
+    assert_eq!(
+        *told.lock().unwrap(),
+        vec![out],
+        "[{kind}] on_commit must be told the returned outcome once, before append_then returns"
+    );
+    if let Some(first) = out.position.and_then(|last| store.position_at(Some(last), -2)) {
+        let read = read_whole_stream(store, &stream).await;
+        assert_eq!(
+            read[0].position, first,
+            "[{kind}] position_at(last, -2) is not the first event's position"
+        );
+        assert_eq!(
+            store.position_at(Some(first), 2),
+            out.position,
+            "[{kind}] position_at does not step forward"
+        );
+    }
+    let failed = store
+        .append_then(&stream, ExpectedRevision::NoStream, events(3..4), on_commit(&told))
+        .await;
+    assert!(failed.is_err(), "[{kind}] NoStream on an existing stream must fail");
+    assert_eq!(
+        told.lock().unwrap().len(),
+        1,
+        "[{kind}] a failed append must not call on_commit"
     );
 }

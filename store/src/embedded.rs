@@ -137,6 +137,8 @@ struct AppendRequest {
     expected: ExpectedRevision,
     events: Vec<NewEvent>,
     reply: tokio::sync::oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    /// Called on the writer thread once the append is committed, before the tip moves.
+    on_commit: Option<crate::OnCommit>,
 }
 
 impl Drop for Inner {
@@ -500,6 +502,7 @@ impl Writer {
         let heads_work = flushed.is_some() || self.heads.merging();
         if sequence == self.last_sequence + 1 && !heads_work && (!durable || self.undurable_since.is_none()) {
             let _ = write.abort();
+            tell_committed(group, &results);
             return GroupResult {
                 appends: results,
                 synced: Ok(()),
@@ -524,6 +527,7 @@ impl Writer {
             }
         }
         self.last_sequence = sequence - 1;
+        tell_committed(group, &results);
         self.tip.send_replace(self.last_sequence);
         if durable {
             self.undurable_since = None;
@@ -534,6 +538,15 @@ impl Writer {
         GroupResult {
             appends: results,
             synced: Ok(()),
+        }
+    }
+}
+
+/// Calls the `on_commit` of each append that succeeded, before the tip moves past them.
+fn tell_committed(group: &mut [AppendRequest], results: &[Result<AppendOutcome, StoreError>]) {
+    for (request, result) in group.iter_mut().zip(results) {
+        if let (Some(on_commit), Ok(out)) = (request.on_commit.take(), result) {
+            on_commit(out);
         }
     }
 }
@@ -696,6 +709,24 @@ impl Inner {
         Ok(self.heads.lookup(&self.db, stream)?.0.map(|h| h.revision))
     }
 
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        on_commit: Option<crate::OnCommit>,
+    ) -> Result<AppendOutcome, StoreError> {
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        self.send(Request::Append(AppendRequest {
+            stream: stream.to_owned(),
+            expected,
+            events,
+            reply,
+            on_commit,
+        }))?;
+        outcome.await.map_err(|_| writer_gone())?
+    }
+
     fn send(&self, request: Request) -> Result<(), StoreError> {
         let requests = self.requests.as_ref().ok_or_else(writer_gone)?;
         requests.send(request).map_err(|_| writer_gone())
@@ -714,14 +745,17 @@ impl EventStore for EmbeddedStore {
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, StoreError> {
-        let (reply, outcome) = tokio::sync::oneshot::channel();
-        self.inner.send(Request::Append(AppendRequest {
-            stream: stream.to_owned(),
-            expected,
-            events,
-            reply,
-        }))?;
-        outcome.await.map_err(|_| writer_gone())?
+        self.inner.append(stream, expected, events, None).await
+    }
+
+    async fn append_then(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        on_commit: crate::OnCommit,
+    ) -> Result<AppendOutcome, StoreError> {
+        self.inner.append(stream, expected, events, Some(on_commit)).await
     }
 
     async fn read_stream(
@@ -776,6 +810,16 @@ impl EventStore for EmbeddedStore {
 
     fn kind(&self) -> &'static str {
         "embedded"
+    }
+
+    fn position_at(&self, from: Option<GlobalPosition>, offset: i64) -> Option<GlobalPosition> {
+        let base = from.map_or(0, |p| p.commit);
+        let seq = i64::try_from(base).ok()?.checked_add(offset)?;
+        let seq = u64::try_from(seq).ok().filter(|s| *s > 0)?;
+        Some(GlobalPosition {
+            commit: seq,
+            prepare: seq,
+        })
     }
 }
 

@@ -109,6 +109,9 @@ pub enum StoreError {
     Config(String),
 }
 
+/// Told an append's outcome as soon as it is committed (see [`EventStore::append_then`]).
+pub type OnCommit = Box<dyn FnOnce(&AppendOutcome) + Send>;
+
 /// The event store port.
 #[async_trait::async_trait]
 pub trait EventStore: Send + Sync + 'static {
@@ -122,6 +125,22 @@ pub trait EventStore: Send + Sync + 'static {
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, StoreError>;
+
+    /// [`EventStore::append`], calling `on_commit` with the outcome of a successful append:
+    /// where the store can (embedded), on its writer thread before `read_all` can see the
+    /// events, so whoever follows the log learns an append's positions before meeting its
+    /// events there; elsewhere when the append returns. Not called when the append fails.
+    async fn append_then(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        on_commit: OnCommit,
+    ) -> Result<AppendOutcome, StoreError> {
+        let out = self.append(stream, expected, events).await?;
+        on_commit(&out);
+        Ok(out)
+    }
 
     /// Reads up to `max` events of a stream from `from_revision` (inclusive). Empty if no stream.
     async fn read_stream(&self, stream: &str, from_revision: u64, max: usize)
@@ -157,6 +176,15 @@ pub trait EventStore: Send + Sync + 'static {
     /// knowing it costs nothing (embedded: the writer's tip). Lets a follower skip a read
     /// that would find nothing new. `None`: unknown, read to find out.
     fn last_position(&self) -> Option<GlobalPosition> {
+        None
+    }
+
+    /// Where the log is numbered consecutively (embedded: a sequence), the position `offset`
+    /// events from `from` (`None`: before the first event, so offset 1 is the first), or
+    /// `None` when that is before the start. `None` always where positions have gaps
+    /// (KurrentDB): a caller must then read the log to learn positions.
+    fn position_at(&self, from: Option<GlobalPosition>, offset: i64) -> Option<GlobalPosition> {
+        let _ = (from, offset);
         None
     }
 }
