@@ -836,7 +836,7 @@ mod own_appends {
             1 => vec![&email],
             _ => vec![&phone, &email],
         };
-        let birth = if i % 4 == 0 { "1985-03-12" } else { "" };
+        let birth = if i.is_multiple_of(4) { "1985-03-12" } else { "" };
         person(
             &format!("l{lane}-e{i}"),
             NAMES[(lane + i) % NAMES.len()],
