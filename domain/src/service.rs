@@ -250,7 +250,7 @@ pub struct OwnAppends {
 
 /// Most events noted and not yet applied; past it the notes are dropped (read back instead),
 /// so a long run of decisions that never catch up cannot grow memory.
-const OWN_APPENDS_MAX: usize = 16_384;
+const OWN_APPENDS_MAX: usize = 4_096;
 
 impl OwnAppends {
     fn note(
@@ -814,7 +814,30 @@ impl CustomerService {
 
 #[cfg(test)]
 mod tests {
-    use super::new_customer_id;
+    use super::*;
+
+    /// Appends nobody catches up with are noted up to a bound, then read back instead.
+    #[tokio::test]
+    async fn noted_appends_stay_bounded_and_the_catch_up_still_reaches_the_tip() {
+        let store: Arc<dyn EventStore> = Arc::new(store::embedded::EmbeddedStore::temporary().unwrap());
+        let service = CustomerService::new(store.clone(), DomainConfig::default());
+        for i in 0..OWN_APPENDS_MAX + 100 {
+            let id = format!("c{i}");
+            let registered = CustomerEvent::Registered(CustomerRegisteredV1 {
+                customer_id: id.clone(),
+                provenance: None,
+            });
+            let events = vec![(registered, event_id(&id, "register"))];
+            let stream = identity::customer_stream(&id);
+            append_typed(&store, service.own(), &stream, ExpectedRevision::NoStream, events)
+                .await
+                .unwrap();
+            assert!(service.own.lock().len() <= OWN_APPENDS_MAX, "after {i} appends");
+        }
+        assert!(!service.own.lock().is_empty(), "appends are noted");
+        let state = service.matching_state().await.unwrap();
+        assert_eq!(state.position(), store.last_position());
+    }
 
     #[test]
     fn new_customer_ids_are_deterministic_v7_and_ordered_by_receipt() {
