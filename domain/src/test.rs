@@ -586,12 +586,11 @@ mod crash_after_claims {
         // The first append to a customer stream fails as if the process had died right before it.
         let died = AtomicBool::new(false);
         let store: Arc<dyn EventStore> = Arc::new(Hooked {
-            inner: EmbeddedStore::temporary().unwrap(),
             before_append: Box::new(move |stream| {
                 (stream.starts_with("customer-") && !died.swap(true, Ordering::SeqCst))
                     .then(|| StoreError::Unavailable("the process died".into()))
             }),
-            sync_gate: None,
+            ..Hooked::new(EmbeddedStore::temporary().unwrap())
         });
         let service = CustomerService::new(store.clone(), DomainConfig::default());
         let event = form("e1", &["phone=13800138000", "email=zw@example.com"]);
@@ -656,9 +655,8 @@ mod worker_commits_after_sync {
         let (open, gate) = watch::channel(false);
         // `sync` waits until the test opens the gate.
         let store: Arc<dyn EventStore> = Arc::new(Hooked {
-            inner: EmbeddedStore::temporary().unwrap(),
-            before_append: Box::new(|_| None),
             sync_gate: Some(gate),
+            ..Hooked::new(EmbeddedStore::temporary().unwrap())
         });
         let service = Arc::new(CustomerService::new(store.clone(), DomainConfig::default()));
         let config = WorkerConfig {
@@ -698,6 +696,8 @@ mod worker_commits_after_sync {
 
 /// The embedded store with hooks: an append can be made to fail, `sync` can be held.
 mod hooked {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use futures::stream::BoxStream;
     use store::{AppendOutcome, ExpectedRevision, GlobalPosition, NewEvent, RecordedEvent, StoreError};
     use tokio::sync::watch;
@@ -712,6 +712,19 @@ mod hooked {
         pub before_append: BeforeAppend,
         /// When set, `sync` waits until it is true.
         pub sync_gate: Option<watch::Receiver<bool>>,
+        /// Events `read_all` has handed out.
+        pub read: AtomicUsize,
+    }
+
+    impl Hooked {
+        pub fn new(inner: EmbeddedStore) -> Self {
+            Hooked {
+                inner,
+                before_append: Box::new(|_| None),
+                sync_gate: None,
+                read: AtomicUsize::new(0),
+            }
+        }
     }
 
     #[async_trait::async_trait]
@@ -727,61 +740,6 @@ mod hooked {
             }
             self.inner.append(stream, expected, events).await
         }
-        async fn read_stream(&self, stream: &str, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-            self.inner.read_stream(stream, from, max).await
-        }
-        async fn stream_revision(&self, stream: &str) -> Result<Option<u64>, StoreError> {
-            self.inner.stream_revision(stream).await
-        }
-        async fn read_all(&self, after: Option<GlobalPosition>, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-            self.inner.read_all(after, max).await
-        }
-        fn subscribe_all(
-            &self,
-            after: Option<GlobalPosition>,
-        ) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
-            self.inner.subscribe_all(after)
-        }
-        async fn sync(&self) -> Result<(), StoreError> {
-            if let Some(gate) = &self.sync_gate {
-                let _ = gate.clone().wait_for(|open| *open).await;
-            }
-            self.inner.sync().await
-        }
-        fn kind(&self) -> &'static str {
-            "embedded (with test hooks)"
-        }
-    }
-}
-
-/// The matching state takes the service's own appends as they were instead of reading them
-/// back (`OwnAppends`): it must end exactly where a state built from the log ends, with
-/// lanes racing each other and reviewer commands writing in between.
-mod own_appends {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use futures::stream::BoxStream;
-    use store::{AppendOutcome, ExpectedRevision, GlobalPosition, NewEvent, RecordedEvent, StoreError};
-
-    use super::*;
-    use crate::matcher::{MatchState, MatchingConfig};
-
-    /// The embedded store, counting the events `read_all` hands out.
-    struct Counting {
-        inner: EmbeddedStore,
-        read: AtomicUsize,
-    }
-
-    #[async_trait::async_trait]
-    impl EventStore for Counting {
-        async fn append(
-            &self,
-            stream: &str,
-            expected: ExpectedRevision,
-            events: Vec<NewEvent>,
-        ) -> Result<AppendOutcome, StoreError> {
-            self.inner.append(stream, expected, events).await
-        }
         async fn append_then(
             &self,
             stream: &str,
@@ -789,6 +747,9 @@ mod own_appends {
             events: Vec<NewEvent>,
             on_commit: store::OnCommit,
         ) -> Result<AppendOutcome, StoreError> {
+            if let Some(e) = (self.before_append)(stream) {
+                return Err(e);
+            }
             self.inner.append_then(stream, expected, events, on_commit).await
         }
         async fn read_stream(&self, stream: &str, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -809,10 +770,13 @@ mod own_appends {
             self.inner.subscribe_all(after)
         }
         async fn sync(&self) -> Result<(), StoreError> {
+            if let Some(gate) = &self.sync_gate {
+                let _ = gate.clone().wait_for(|open| *open).await;
+            }
             self.inner.sync().await
         }
         fn kind(&self) -> &'static str {
-            "embedded (counting reads)"
+            "embedded (with test hooks)"
         }
         fn last_position(&self) -> Option<GlobalPosition> {
             self.inner.last_position()
@@ -821,6 +785,17 @@ mod own_appends {
             self.inner.position_at(from, offset)
         }
     }
+}
+
+/// The matching state takes the service's own appends as they were instead of reading them
+/// back (`OwnAppends`): it must end exactly where a state built from the log ends, with
+/// lanes racing each other and reviewer commands writing in between.
+mod own_appends {
+    use std::sync::atomic::Ordering;
+
+    use super::hooked::Hooked;
+    use super::*;
+    use crate::matcher::{MatchState, MatchingConfig};
 
     const NAMES: [&str; 4] = ["张伟", "王芳", "Zhang Wei", "李娜"];
     const ADDRESSES: [&str; 2] = ["上海市浦东新区世纪大道100号", "北京市朝阳区建国路88号"];
@@ -848,10 +823,7 @@ mod own_appends {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_live_matching_state_equals_one_built_from_the_log() {
-        let counting = Arc::new(Counting {
-            inner: EmbeddedStore::temporary().unwrap(),
-            read: AtomicUsize::new(0),
-        });
+        let counting = Arc::new(Hooked::new(EmbeddedStore::temporary().unwrap()));
         let store: Arc<dyn EventStore> = counting.clone();
         let config = DomainConfig {
             matching: MatchingConfig {
