@@ -171,8 +171,6 @@ pub(crate) async fn live_customer(store: &dyn EventStore, customer: &str, via: &
 }
 
 /// Appends a merge: `CustomersMergedV1` in the survivor, then `MergedIntoV1` in the absorbed.
-/// Event ids derive from `cause` (an inbound event id or a review id).
-/// Appends a merge: `CustomersMergedV1` in the survivor, then `MergedIntoV1` in the absorbed.
 /// Event ids derive from `cause` (an inbound event id or a review id). `own`: the appends
 /// the matching state may take as known ([`OwnAppends`]).
 pub(crate) async fn append_merge(
