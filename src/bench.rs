@@ -99,6 +99,7 @@ async fn import(b: &ImportBench, mut config: Config) -> anyhow::Result<()> {
     let started = Instant::now();
     // The generator's CPU is not the import's.
     let cpu_before = matching::cli::cpu_seconds();
+    let threads = ThreadCpu::start();
     let mut options = ingest::import::ImportOptions::new(&file);
     options.template = Some("trade-show".into());
     options.error_report = Some(dir.path().join("errors.csv"));
@@ -120,6 +121,11 @@ async fn import(b: &ImportBench, mut config: Config) -> anyhow::Result<()> {
             (user + system) / elapsed.as_secs_f64()
         );
     }
+    let by_thread = threads.finish().await;
+    if !by_thread.is_empty() {
+        let list: Vec<String> = by_thread.iter().map(|(name, s)| format!("{name} {s:.1} s")).collect();
+        println!("  CPU by thread: {}", list.join(", "));
+    }
     println!(
         "  phases: rows published at {:.1} s, identities resolved at {:.1} s, views caught up at {:.1} s",
         phases.published.as_secs_f64(),
@@ -127,6 +133,84 @@ async fn import(b: &ImportBench, mut config: Config) -> anyhow::Result<()> {
         phases.projected.as_secs_f64()
     );
     Ok(())
+}
+
+/// CPU seconds of this process's threads by name while a benchmark runs, from
+/// `/proc/self/task` (Linux; elsewhere nothing). Sampled every 250 ms, so a thread that ends
+/// keeps its last sample; threads of one name are summed (`tokio-rt-worker`: the domain,
+/// the HTTP side and the projector's reads; `projector`: applying views; `store-writer`;
+/// `bus-writer`). Less noisy than wall time for comparing two builds on a busy host.
+struct ThreadCpu {
+    before: HashMap<u32, f64>,
+    seen: Arc<std::sync::Mutex<HashMap<u32, (String, f64)>>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    sampler: tokio::task::JoinHandle<()>,
+}
+
+impl ThreadCpu {
+    fn start() -> Self {
+        let before = thread_cpu().into_iter().map(|(tid, _, secs)| (tid, secs)).collect();
+        let seen = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let into = seen.clone();
+        let sampler = tokio::spawn(async move {
+            loop {
+                {
+                    let mut seen = into.lock().unwrap_or_else(|p| p.into_inner());
+                    for (tid, name, secs) in thread_cpu() {
+                        seen.insert(tid, (name, secs));
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = &mut stopped => return,
+                }
+            }
+        });
+        ThreadCpu {
+            before,
+            seen,
+            stop,
+            sampler,
+        }
+    }
+
+    /// Seconds by thread name since `start`, most first (names under 0.1 s left out).
+    async fn finish(self) -> Vec<(String, f64)> {
+        let _ = self.stop.send(());
+        let _ = self.sampler.await;
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (tid, name, secs) in thread_cpu() {
+            seen.insert(tid, (name, secs));
+        }
+        let mut by_name: HashMap<String, f64> = HashMap::new();
+        for (tid, (name, secs)) in seen {
+            *by_name.entry(name).or_default() += secs - self.before.get(&tid).copied().unwrap_or(0.0);
+        }
+        let mut list: Vec<(String, f64)> = by_name.into_iter().filter(|(_, s)| *s >= 0.1).collect();
+        list.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        list
+    }
+}
+
+/// (thread id, name, user + system CPU seconds) of each live thread of this process.
+fn thread_cpu() -> Vec<(u32, String, f64)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| {
+            let tid: u32 = task.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // `tid (name) state …`: the name may hold spaces and parentheses.
+            let (head, rest) = stat.rsplit_once(") ")?;
+            let name = head.split_once(" (")?.1.to_string();
+            let fields: Vec<&str> = rest.split(' ').collect();
+            let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+            Some((tid, name, (ticks(11)? + ticks(12)?) / 100.0))
+        })
+        .collect()
 }
 
 /// A server started for the benchmark; stops when dropped.

@@ -193,3 +193,35 @@ fn an_interrupted_import_bench_leaves_no_temporary_files() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// `crm bench import` prints the figures the issue asks for (time, rows/s, peak RSS) and
+/// where the CPU went, by thread, with the projector and the store's writer named.
+#[test]
+fn a_small_import_bench_reports_time_memory_and_cpu_by_thread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = crm()
+        .args(["bench", "import", "--rows", "10000"])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("bench import: 10000 rows end to end into the views in"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("rows/s; peak RSS"), "{stdout}");
+    let by_thread = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("CPU by thread: "))
+        .unwrap_or_else(|| panic!("no CPU by thread line in {stdout}"));
+    for name in ["projector ", "store-writer "] {
+        assert!(by_thread.contains(name), "{name}missing from {by_thread}");
+    }
+    // The temporary directory is removed when the bench ends.
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
