@@ -153,14 +153,21 @@ async fn an_http_import_job_reports_new_and_matched_customers_in_graphql() {
     assert!(server.stop().success());
 }
 
+/// `crm bench import --rows N` with its temporary files under `tmp`.
+fn bench_import(rows: usize, tmp: &std::path::Path) -> std::process::Command {
+    let mut bench = crm();
+    bench
+        .args(["bench", "import", "--rows", &rows.to_string()])
+        .env("TMPDIR", tmp);
+    bench
+}
+
 /// An interrupted `crm bench import` removes its temporary directory (generated file, bus,
 /// store, views: gigabytes at a million rows) and says so.
 #[test]
 fn an_interrupted_import_bench_leaves_no_temporary_files() {
     let tmp = tempfile::tempdir().unwrap();
-    let child = crm()
-        .args(["bench", "import", "--rows", "300000"])
-        .env("TMPDIR", tmp.path())
+    let child = bench_import(300_000, tmp.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -199,11 +206,7 @@ fn an_interrupted_import_bench_leaves_no_temporary_files() {
 #[test]
 fn a_small_import_bench_reports_time_memory_and_cpu_by_thread() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = crm()
-        .args(["bench", "import", "--rows", "10000"])
-        .env("TMPDIR", tmp.path())
-        .output()
-        .unwrap();
+    let out = bench_import(10_000, tmp.path()).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
