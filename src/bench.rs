@@ -155,12 +155,7 @@ impl ThreadCpu {
         let into = seen.clone();
         let sampler = tokio::spawn(async move {
             loop {
-                {
-                    let mut seen = into.lock().unwrap_or_else(|p| p.into_inner());
-                    for (tid, name, secs) in thread_cpu() {
-                        seen.insert(tid, (name, secs));
-                    }
-                }
+                sample(&mut into.lock().unwrap_or_else(|p| p.into_inner()));
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                     _ = &mut stopped => return,
@@ -180,9 +175,7 @@ impl ThreadCpu {
         let _ = self.stop.send(());
         let _ = self.sampler.await;
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        for (tid, name, secs) in thread_cpu() {
-            seen.insert(tid, (name, secs));
-        }
+        sample(&mut seen);
         let mut by_name: HashMap<String, f64> = HashMap::new();
         for (tid, (name, secs)) in seen {
             *by_name.entry(name).or_default() += secs - self.before.get(&tid).copied().unwrap_or(0.0);
@@ -190,6 +183,13 @@ impl ThreadCpu {
         let mut list: Vec<(String, f64)> = by_name.into_iter().filter(|(_, s)| *s >= 0.1).collect();
         list.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         list
+    }
+}
+
+/// Records each live thread's name and CPU seconds so far, by thread id.
+fn sample(seen: &mut HashMap<u32, (String, f64)>) {
+    for (tid, name, secs) in thread_cpu() {
+        seen.insert(tid, (name, secs));
     }
 }
 
@@ -204,11 +204,9 @@ fn thread_cpu() -> Vec<(u32, String, f64)> {
             let tid: u32 = task.file_name().to_str()?.parse().ok()?;
             let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
             // `tid (name) state …`: the name may hold spaces and parentheses.
-            let (head, rest) = stat.rsplit_once(") ")?;
-            let name = head.split_once(" (")?.1.to_string();
-            let fields: Vec<&str> = rest.split(' ').collect();
-            let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
-            Some((tid, name, (ticks(11)? + ticks(12)?) / 100.0))
+            let name = stat.rsplit_once(") ")?.0.split_once(" (")?.1.to_string();
+            let (user, system) = matching::cli::stat_cpu_seconds(&stat)?;
+            Some((tid, name, user + system))
         })
         .collect()
 }

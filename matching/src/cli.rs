@@ -242,7 +242,12 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// User and system CPU seconds this process has used so far, where /proc exists (clock
 /// ticks of /proc/self/stat at Linux's 100 a second).
 pub fn cpu_seconds() -> Option<(f64, f64)> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+/// User and system CPU seconds from the text of a /proc `stat` file (a process's, or a
+/// thread's under `/proc/self/task/<tid>/stat`).
+pub fn stat_cpu_seconds(stat: &str) -> Option<(f64, f64)> {
     // Fields after the command name, which is in parentheses and may hold spaces.
     let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).map(|t| t / 100.0);
