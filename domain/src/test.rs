@@ -662,6 +662,7 @@ mod worker_commits_after_sync {
         let config = WorkerConfig {
             batch: 2,
             poll_wait: Duration::from_millis(20),
+            ..WorkerConfig::default()
         };
         let worker = DomainWorker::new(bus.clone(), service, config);
         let mut backlog = worker.backlog();
@@ -691,6 +692,61 @@ mod worker_commits_after_sync {
             .unwrap();
         stop.send_replace(true);
         running.await.unwrap().unwrap();
+    }
+
+    /// A batch of more lanes than tasks: every event is resolved, and a lane's events in
+    /// bus order (the second form of a person joins the customer the first created).
+    #[tokio::test]
+    async fn a_few_tasks_take_every_lane_of_a_batch_in_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus: Arc<dyn Bus> = Arc::new(bus::embedded::EmbeddedBus::open(dir.path()).unwrap());
+        let people = 40;
+        for round in 0..2 {
+            for p in 0..people {
+                let identifiers = [format!("phone=1390013{p:04}"), format!("email=p{p}r{round}@lanes.cn")];
+                let ids: Vec<&str> = identifiers.iter().map(String::as_str).collect();
+                let event = form(&format!("p{p}-r{round}"), &ids);
+                let record = bus::BusRecord {
+                    key: event.bus_key(),
+                    headers: [(bus::HEADER_SCHEMA.to_string(), event.schema().to_string())].into(),
+                    payload: event.encode(),
+                };
+                bus.publish(record).await.unwrap();
+            }
+        }
+        let store: Arc<dyn EventStore> = Arc::new(EmbeddedStore::temporary().unwrap());
+        let service = Arc::new(CustomerService::new(store.clone(), DomainConfig::default()));
+        let config = WorkerConfig {
+            poll_wait: Duration::from_millis(20),
+            lane_tasks: 3,
+            ..WorkerConfig::default()
+        };
+        let worker = DomainWorker::new(bus.clone(), service, config);
+        let mut backlog = worker.backlog();
+        let (stop, shutdown) = watch::channel(false);
+        let running = tokio::spawn(worker.run(shutdown));
+        tokio::time::timeout(Duration::from_secs(20), backlog.wait_for(|b| *b == 0))
+            .await
+            .expect("every event resolved")
+            .unwrap();
+        stop.send_replace(true);
+        running.await.unwrap().unwrap();
+
+        let log = store.read_all(None, usize::MAX).await.unwrap();
+        assert_eq!(activities(&log), 2 * people);
+        let registered = log.iter().filter(|e| e.event_type == "CustomerRegisteredV1").count();
+        assert_eq!(registered, people, "each person's second form joined their customer");
+        for p in 0..people {
+            let stream_of = |round: usize| {
+                let id = crate::service::event_id(&format!("p{p}-r{round}"), "activity");
+                log.iter()
+                    .find(|e| e.event_id == id)
+                    .map(|e| (e.stream.clone(), e.revision))
+            };
+            let (first, second) = (stream_of(0).unwrap(), stream_of(1).unwrap());
+            assert_eq!(first.0, second.0, "person {p}: one customer");
+            assert!(first.1 < second.1, "person {p}: the lane kept bus order");
+        }
     }
 }
 
