@@ -210,8 +210,9 @@ impl DomainWorker {
         // store's writer busy, without a task (and a wake-up in the queue for the matching
         // state's lock) per lane. Measured, 1M-row import: the domain's CPU per CPU-second
         // of the projector (whose work is the same; this host's speed drifts by ±15%) fell
-        // from 1.92-2.04 with a task per lane (~2,000 a batch) to 1.86-1.90 with 256 tasks,
-        // and peak RSS from 444-459 to 418-432 MiB; 128 and 64 tasks left a core idle.
+        // from 1.91-2.04 with a task per lane (~2,000 a batch) to 1.86-1.92 with 256 tasks
+        // (means 1.96 and 1.89), peak RSS from 444-459 to 418-445 MiB; 128 and 64 tasks left
+        // a core idle.
         let decoded = Arc::new(decoded);
         let lanes = Arc::new(lanes);
         let next = Arc::new(AtomicUsize::new(0));
