@@ -635,6 +635,16 @@ mod worker_commits_after_sync {
     use super::*;
     use crate::worker::{DomainWorker, WorkerConfig};
 
+    /// Publishes `event` as the channels do: keyed, with its schema header.
+    async fn publish(bus: &dyn Bus, event: &InboundEvent) {
+        let record = bus::BusRecord {
+            key: event.bus_key(),
+            headers: [(bus::HEADER_SCHEMA.to_string(), event.schema().to_string())].into(),
+            payload: event.encode(),
+        };
+        bus.publish(record).await.unwrap();
+    }
+
     fn activities(log: &[RecordedEvent]) -> usize {
         log.iter().filter(|e| e.event_type == "ActivityRecordedV1").count()
     }
@@ -644,13 +654,7 @@ mod worker_commits_after_sync {
         let dir = tempfile::tempdir().unwrap();
         let bus: Arc<dyn Bus> = Arc::new(bus::embedded::EmbeddedBus::open(dir.path()).unwrap());
         for (i, phone) in ["13800138001", "13800138002", "13800138003"].iter().enumerate() {
-            let event = form(&format!("e{i}"), &[&format!("phone={phone}")]);
-            let record = bus::BusRecord {
-                key: event.bus_key(),
-                headers: [(bus::HEADER_SCHEMA.to_string(), event.schema().to_string())].into(),
-                payload: event.encode(),
-            };
-            bus.publish(record).await.unwrap();
+            publish(bus.as_ref(), &form(&format!("e{i}"), &[&format!("phone={phone}")])).await;
         }
         let (open, gate) = watch::channel(false);
         // `sync` waits until the test opens the gate.
@@ -705,13 +709,7 @@ mod worker_commits_after_sync {
             for p in 0..people {
                 let identifiers = [format!("phone=1390013{p:04}"), format!("email=p{p}r{round}@lanes.cn")];
                 let ids: Vec<&str> = identifiers.iter().map(String::as_str).collect();
-                let event = form(&format!("p{p}-r{round}"), &ids);
-                let record = bus::BusRecord {
-                    key: event.bus_key(),
-                    headers: [(bus::HEADER_SCHEMA.to_string(), event.schema().to_string())].into(),
-                    payload: event.encode(),
-                };
-                bus.publish(record).await.unwrap();
+                publish(bus.as_ref(), &form(&format!("p{p}-r{round}"), &ids)).await;
             }
         }
         let store: Arc<dyn EventStore> = Arc::new(EmbeddedStore::temporary().unwrap());
