@@ -396,17 +396,16 @@ impl CustomerService {
     /// Brings the matching state up to the store's tip and returns it locked.
     pub async fn matching_state(&self) -> Result<tokio::sync::MutexGuard<'_, MatchState>, DomainError> {
         let mut state = self.matching.lock().await;
+        let tip = self.store.last_position();
+        let at_tip = |state: &MatchState| tip.is_some_and(|tip| state.position().is_some_and(|p| p >= tip));
         // Nothing appended since the last catch-up: no read (most calls, under load).
-        if let Some(tip) = self.store.last_position()
-            && state.position().is_some_and(|p| p >= tip)
-        {
+        if at_tip(&state) {
             return Ok(state);
         }
-        let tip = self.store.last_position();
         loop {
             // This service's own appends as they were; the log only for the rest.
             let next_noted = self.own.apply_next(self.store.as_ref(), &mut state);
-            if tip.is_some_and(|tip| state.position().is_some_and(|p| p >= tip)) {
+            if at_tip(&state) {
                 break;
             }
             let max = match (next_noted, self.store.position_at(state.position(), 1)) {
