@@ -4,12 +4,16 @@
 //! inbound event appends nothing new.
 //!
 //! Order of writes (each step is safe to repeat after a crash):
-//! 1. a new customer's stream gets `CustomerRegisteredV1` first;
-//! 2. merges: `CustomersMergedV1` in the survivor, then `MergedIntoV1` in the absorbed;
-//! 3. unowned identifiers are claimed in their reservation streams (expected: no stream);
-//! 4. the customer stream gets `IdentifierAttachedV1` for the claims this event made and
-//!    `ActivityRecordedV1`;
-//! 5. live probabilistic matching (only for an event no identifier resolved): the new
+//! 1. merges: `CustomersMergedV1` in the survivor, then `MergedIntoV1` in the absorbed;
+//! 2. the customer stream gets, in one append, `CustomerRegisteredV1` (a new customer),
+//!    `IdentifierAttachedV1` for the identifiers this event claims and
+//!    `ActivityRecordedV1`; each attachment of an identifier nobody owned claims its
+//!    reservation ([`EventStore::append_claiming`]): the embedded store takes the
+//!    reservation and the events in one commit, and `claimant` of the reservation is the
+//!    attachment; a store without a key index first writes `IdentifierClaimedV1` to the
+//!    reservation stream (expected: no stream), and a retry after a crash in between
+//!    recognises the claim as its own by its cause;
+//! 3. live probabilistic matching (only for an event no identifier resolved): the new
 //!    customer's stream is complete first, then above the merge threshold it is merged
 //!    into the matching customer (`CustomersMergedV1` rule "probabilistic", then
 //!    `MergedIntoV1`, which stays the last event of the absorbed stream); in the review
@@ -222,16 +226,33 @@ pub(crate) async fn append_typed(
     expected: ExpectedRevision,
     events: Vec<(CustomerEvent, uuid::Uuid)>,
 ) -> Result<store::AppendOutcome, StoreError> {
-    let new = events.iter().map(|(e, id)| e.to_new(*id)).collect();
-    let Some(own) = own else {
-        return store.append(stream, expected, new).await;
-    };
-    // Noted when committed: before the catch-up can meet these events in the log.
-    let (own, noting) = (own.clone(), store.clone());
-    let on_commit = Box::new(move |out: &store::AppendOutcome| {
-        own.note(noting.as_ref(), out, events.into_iter().map(|(e, _)| e));
+    append_claiming(store, own, stream, expected, events, Vec::new()).await
+}
+
+/// [`append_typed`] that also claims identifiers ([`EventStore::append_claiming`]).
+async fn append_claiming(
+    store: &Arc<dyn EventStore>,
+    own: Option<&Arc<OwnAppends>>,
+    stream: &str,
+    expected: ExpectedRevision,
+    events: Vec<(CustomerEvent, uuid::Uuid)>,
+    claims: Vec<store::Claim>,
+) -> Result<store::AppendOutcome, StoreError> {
+    let new: Vec<_> = events.iter().map(|(e, id)| e.to_new(*id)).collect();
+    let on_commit = own.map(|own| {
+        // Noted when committed: before the catch-up can meet these events in the log.
+        let (own, noting) = (own.clone(), store.clone());
+        Box::new(move |out: &store::AppendOutcome| {
+            own.note(noting.as_ref(), out, events.into_iter().map(|(e, _)| e));
+        }) as store::OnCommit
     });
-    store.append_then(stream, expected, new, on_commit).await
+    if claims.is_empty() {
+        return match on_commit {
+            Some(on_commit) => store.append_then(stream, expected, new, on_commit).await,
+            None => store.append(stream, expected, new).await,
+        };
+    }
+    store.append_claiming(stream, expected, new, claims, on_commit).await
 }
 
 /// What this service appended, by log position, not yet applied to the matching state:
@@ -423,14 +444,20 @@ impl CustomerService {
         Ok(state)
     }
 
+    /// Who holds the identifier whose reservation is `stream`: the attachment that claimed
+    /// it (embedded store), or an `IdentifierClaimedV1` in the reservation stream itself
+    /// (stores without a key index, and claims made before `append_claiming`).
     async fn claim_of(&self, stream: &str) -> Result<Option<Claim>, DomainError> {
-        let events = self.store.read_stream(stream, 0, 1).await?;
-        let Some(first) = events.first() else { return Ok(None) };
-        match CustomerEvent::from_recorded(first) {
-            Ok(CustomerEvent::IdentifierClaimed(c)) => Ok(Some(Claim {
-                customer: c.customer_id,
-                cause: c.provenance.map(|p| p.inbound_event_id).unwrap_or_default(),
-            })),
+        let Some(held) = self.store.claimant(stream).await? else {
+            return Ok(None);
+        };
+        let claim = |customer: String, provenance: Option<Provenance>| Claim {
+            customer,
+            cause: provenance.map(|p| p.inbound_event_id).unwrap_or_default(),
+        };
+        match CustomerEvent::from_recorded(&held) {
+            Ok(CustomerEvent::IdentifierClaimed(c)) => Ok(Some(claim(c.customer_id, c.provenance))),
+            Ok(CustomerEvent::IdentifierAttached(a)) => Ok(Some(claim(a.customer_id, a.provenance))),
             Ok(_) => Ok(None),
             Err(source) => Err(DomainError::Corrupt {
                 stream: stream.to_string(),
@@ -665,30 +692,12 @@ impl CustomerService {
             absorbed.push(other.id.clone());
         }
 
-        // Claim what nobody owns yet (each identifier its own stream: all at once); attach
-        // what this event claimed (now or in an earlier attempt).
-        let claimed =
-            futures::future::try_join_all(
-                identifiers
-                    .iter()
-                    .filter(|(key, _)| claims[*key].is_none())
-                    .map(|(key, id)| {
-                        let claim = CustomerEvent::IdentifierClaimed(IdentifierClaimedV1 {
-                            identifier: Some(id.clone()),
-                            customer_id: customer_id.clone(),
-                            provenance: Some(provenance.clone()),
-                        });
-                        let stream = identity::reservation_stream(id);
-                        let events = vec![(claim, event_id(&inbound_id, &format!("claim/{key}")))];
-                        async move {
-                            append_typed(&self.store, self.own(), &stream, ExpectedRevision::NoStream, events).await
-                        }
-                    })
-                    .collect::<Vec<_>>(),
-            )
-            .await?;
-        appended += claimed.iter().map(|out| out.appended).sum::<usize>();
+        // Attach what this event claims (now, or in an earlier attempt), and claim what
+        // nobody owns yet, in the same append: each attachment holds its identifier's
+        // reservation (a store without a key index writes an `IdentifierClaimedV1` to the
+        // reservation stream first instead).
         let mut customer_events = Vec::new();
+        let mut to_claim = Vec::new();
         if creating {
             let registered = CustomerEvent::Registered(CustomerRegisteredV1 {
                 customer_id: customer_id.clone(),
@@ -704,6 +713,18 @@ impl CustomerService {
                     identifier: Some(id.clone()),
                     provenance: Some(provenance.clone()),
                 });
+                if claims[key].is_none() {
+                    let marker = CustomerEvent::IdentifierClaimed(IdentifierClaimedV1 {
+                        identifier: Some(id.clone()),
+                        customer_id: customer_id.clone(),
+                        provenance: Some(provenance.clone()),
+                    });
+                    to_claim.push(store::Claim {
+                        key: identity::reservation_stream(id),
+                        by: customer_events.len(),
+                        marker: marker.to_new(event_id(&inbound_id, &format!("claim/{key}"))),
+                    });
+                }
                 customer_events.push((attach, event_id(&inbound_id, &format!("attach/{key}"))));
             }
         }
@@ -722,7 +743,7 @@ impl CustomerService {
             ExpectedRevision::StreamExists
         };
         let stream = identity::customer_stream(&customer_id);
-        let out = append_typed(&self.store, self.own(), &stream, expected, customer_events).await?;
+        let out = append_claiming(&self.store, self.own(), &stream, expected, customer_events, to_claim).await?;
         appended += out.appended;
         let created = creating && out.appended > 0 && !redelivered_new;
 

@@ -185,7 +185,16 @@ impl Scenario {
                 } else {
                     "identity".to_string()
                 };
-                let detail = render(&ev, &mut aliases);
+                let mut detail = render(&ev, &mut aliases);
+                // An attachment that holds its identifier's reservation (embedded store).
+                if let CustomerEvent::IdentifierAttached(a) = &ev
+                    && let Some(id) = &a.identifier
+                {
+                    let held = store.claimant(&crate::identity::reservation_stream(id)).await.unwrap();
+                    if held.is_some_and(|h| h.event_id == e.event_id) {
+                        detail.push_str(" (claims it)");
+                    }
+                }
                 lines.push(format!("{stream}: {}{detail}", ev.type_name()));
             }
             if lines.is_empty() {
@@ -280,11 +289,9 @@ mod rules {
         given(vec![])
             .when(form("e1", &["phone=138 0013 8000", "email=ZW@Example.com"]))
             .then_expect(expect![[r#"
-                identity: IdentifierClaimedV1 email:zw@example.com by C1
-                identity: IdentifierClaimedV1 phone:+8613800138000 by C1
                 C1: CustomerRegisteredV1
-                C1: IdentifierAttachedV1 email:zw@example.com
-                C1: IdentifierAttachedV1 phone:+8613800138000
+                C1: IdentifierAttachedV1 email:zw@example.com (claims it)
+                C1: IdentifierAttachedV1 phone:+8613800138000 (claims it)
                 C1: ActivityRecordedV1
             "#]]);
     }
@@ -294,8 +301,7 @@ mod rules {
         given(vec![form("e1", &["phone=138 0013 8000"])])
             .when(form("e2", &["phone=+86 １３８-0013-8000", "email=zw@example.com"]))
             .then_expect(expect![[r#"
-                identity: IdentifierClaimedV1 email:zw@example.com by C1
-                C1: IdentifierAttachedV1 email:zw@example.com
+                C1: IdentifierAttachedV1 email:zw@example.com (claims it)
                 C1: ActivityRecordedV1
             "#]]);
     }
@@ -341,9 +347,8 @@ mod rules {
         given(vec![form("e1", &["wechat_openid=oX@wx1"])])
             .when(form("e2", &["wechat_openid=oX@wx2"]))
             .then_expect(expect![[r#"
-                identity: IdentifierClaimedV1 wechat_openid:oX@wx2 by C2
                 C2: CustomerRegisteredV1
-                C2: IdentifierAttachedV1 wechat_openid:oX@wx2
+                C2: IdentifierAttachedV1 wechat_openid:oX@wx2 (claims it)
                 C2: ActivityRecordedV1
             "#]]);
     }
@@ -376,9 +381,8 @@ mod matching_rules {
         given(vec![zhang("e1", &["phone=13800138000"])])
             .when(zhang("e2", &["email=zw@example.com"]))
             .then_expect(expect![[r#"
-                identity: IdentifierClaimedV1 email:zw@example.com by C2
                 C2: CustomerRegisteredV1
-                C2: IdentifierAttachedV1 email:zw@example.com
+                C2: IdentifierAttachedV1 email:zw@example.com (claims it)
                 C2: ActivityRecordedV1
                 C1: CustomersMergedV1 absorbed C2 (probabilistic p=1.00 by live matching)
                 C2: MergedIntoV1 survivor C1
@@ -390,9 +394,8 @@ mod matching_rules {
         given(vec![zhang("e1", &["phone=13800138000"])])
             .when(person("e2", "张伟", ADDRESS, "", &["email=zw@example.com"]))
             .then_expect(expect![[r#"
-                identity: IdentifierClaimedV1 email:zw@example.com by C2
                 C2: CustomerRegisteredV1
-                C2: IdentifierAttachedV1 email:zw@example.com
+                C2: IdentifierAttachedV1 email:zw@example.com (claims it)
                 C2: ActivityRecordedV1
                 review: MatchReviewRequestedV1 C2 ~ C1 (review_band, p=0.57)
             "#]]);
@@ -403,9 +406,8 @@ mod matching_rules {
         given(vec![zhang("e1", &["phone=13800138000"])])
             .when(person("e2", "张伟", "", "", &["phone=13800138001"]))
             .then_expect(expect![[r#"
-                identity: IdentifierClaimedV1 phone:+8613800138001 by C2
                 C2: CustomerRegisteredV1
-                C2: IdentifierAttachedV1 phone:+8613800138001
+                C2: IdentifierAttachedV1 phone:+8613800138001 (claims it)
                 C2: ActivityRecordedV1
                 C1: CustomersMergedV1 absorbed C2 (probabilistic p=0.94 by live matching)
                 C2: MergedIntoV1 survivor C1
@@ -423,9 +425,8 @@ mod matching_rules {
                 &["email=ln@example.com"],
             ))
             .then_expect(expect![[r#"
-                identity: IdentifierClaimedV1 email:ln@example.com by C2
                 C2: CustomerRegisteredV1
-                C2: IdentifierAttachedV1 email:ln@example.com
+                C2: IdentifierAttachedV1 email:ln@example.com (claims it)
                 C2: ActivityRecordedV1
             "#]]);
     }
@@ -487,9 +488,8 @@ mod matching_rules {
         ])
         .then_expect(expect![[r#"
             identity: IdentifierMarkedSharedV1 phone:+8613800138000 (3 customers > 2)
-            identity: IdentifierClaimedV1 email:c@shop.com by C2
             C2: CustomerRegisteredV1
-            C2: IdentifierAttachedV1 email:c@shop.com
+            C2: IdentifierAttachedV1 email:c@shop.com (claims it)
             C2: ActivityRecordedV1
             C3: CustomerRegisteredV1
             C3: ActivityRecordedV1
@@ -590,6 +590,7 @@ mod crash_after_claims {
                 (stream.starts_with("customer-") && !died.swap(true, Ordering::SeqCst))
                     .then(|| StoreError::Unavailable("the process died".into()))
             }),
+            markers: true,
             ..Hooked::new(EmbeddedStore::temporary().unwrap())
         });
         let service = CustomerService::new(store.clone(), DomainConfig::default());
@@ -618,6 +619,57 @@ mod crash_after_claims {
         );
         assert_eq!(log[2].stream, format!("customer-{}", resolution.customer_id));
         // And once more: nothing.
+        assert_eq!(service.handle(&event).await.unwrap().appended, 0);
+    }
+
+    /// The embedded store takes the claims with the customer's events: a crash before that
+    /// commit leaves nothing, and the redelivery writes the customer whole.
+    #[tokio::test]
+    async fn with_claims_in_the_customers_commit_a_crash_leaves_nothing_half_written() {
+        let died = AtomicBool::new(false);
+        let store: Arc<dyn EventStore> = Arc::new(Hooked {
+            before_append: Box::new(move |stream| {
+                (stream.starts_with("customer-") && !died.swap(true, Ordering::SeqCst))
+                    .then(|| StoreError::Unavailable("the process died".into()))
+            }),
+            ..Hooked::new(EmbeddedStore::temporary().unwrap())
+        });
+        let service = CustomerService::new(store.clone(), DomainConfig::default());
+        let event = form("e1", &["phone=13800138000", "email=zw@example.com"]);
+        assert!(service.handle(&event).await.unwrap_err().is_transient());
+        assert!(store.read_all(None, usize::MAX).await.unwrap().is_empty());
+
+        let resolution = service.handle(&event).await.unwrap();
+        assert!(resolution.created);
+        let log = store.read_all(None, usize::MAX).await.unwrap();
+        let types: Vec<&str> = log.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(
+            types,
+            [
+                "CustomerRegisteredV1",
+                "IdentifierAttachedV1",
+                "IdentifierAttachedV1",
+                "ActivityRecordedV1"
+            ]
+        );
+        for (raw, attached) in [("email=zw@example.com", &log[1]), ("phone=13800138000", &log[2])] {
+            let (kind, value) = raw.split_once('=').unwrap();
+            let id = crate::identity::normalise(
+                &proto::inbound::RawIdentifier {
+                    kind: kind.into(),
+                    value: value.into(),
+                    ..Default::default()
+                },
+                phonenumber::country::Id::CN,
+            )
+            .unwrap();
+            let held = store.claimant(&crate::identity::reservation_stream(&id)).await.unwrap();
+            assert_eq!(
+                held.map(|e| e.event_id),
+                Some(attached.event_id),
+                "{raw} is held by its attachment"
+            );
+        }
         assert_eq!(service.handle(&event).await.unwrap().appended, 0);
     }
 }
@@ -768,6 +820,9 @@ mod hooked {
         pub sync_gate: Option<watch::Receiver<bool>>,
         /// Events `read_all` has handed out.
         pub read: AtomicUsize,
+        /// Claims as marker streams written before the events (how a store without a key
+        /// index, KurrentDB, takes them) instead of the embedded store's single commit.
+        pub markers: bool,
     }
 
     impl Hooked {
@@ -777,6 +832,7 @@ mod hooked {
                 before_append: Box::new(|_| None),
                 sync_gate: None,
                 read: AtomicUsize::new(0),
+                markers: false,
             }
         }
     }
@@ -805,6 +861,24 @@ mod hooked {
                 return Err(e);
             }
             self.inner.append_then(stream, expected, events, on_commit).await
+        }
+        async fn append_claiming(
+            &self,
+            stream: &str,
+            expected: ExpectedRevision,
+            events: Vec<NewEvent>,
+            claims: Vec<store::Claim>,
+            on_commit: Option<store::OnCommit>,
+        ) -> Result<AppendOutcome, StoreError> {
+            if self.markers {
+                return store::claim_with_markers(self, stream, expected, events, claims, on_commit).await;
+            }
+            if let Some(e) = (self.before_append)(stream) {
+                return Err(e);
+            }
+            self.inner
+                .append_claiming(stream, expected, events, claims, on_commit)
+                .await
         }
         async fn read_stream(&self, stream: &str, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
             self.inner.read_stream(stream, from, max).await

@@ -41,6 +41,8 @@ pub async fn run_all(store: &dyn EventStore) {
     subscribe_all_catch_up_and_live(store).await;
     concurrent_exact_appenders(store).await;
     append_then_tells_the_outcome_once(store).await;
+    claims_are_held_by_one_event(store).await;
+    a_key_written_as_a_stream_is_held(store).await;
 }
 
 /// A fresh stream name unique to this call: `customer-<uuid>-<label>`.
@@ -768,5 +770,131 @@ pub async fn append_then_tells_the_outcome_once(store: &dyn EventStore) {
         told.lock().unwrap().len(),
         1,
         "[{kind}] a failed append must not call on_commit"
+    );
+}
+
+/// A claim for `by` on `key`, with a marker naming `by` in its data (the marker is what
+/// stores without a key index write to stream `key`).
+pub fn claim(key: &str, by: usize, n: u32) -> crate::Claim {
+    let mut marker = event(n);
+    marker.event_type = "ConformanceClaimedV1".to_owned();
+    crate::Claim {
+        key: key.to_owned(),
+        by,
+        marker,
+    }
+}
+
+/// Whether `held` (what `claimant` returned) is the claiming event or its marker.
+fn is_claimant(held: &RecordedEvent, by: &NewEvent, claim: &crate::Claim, stream: &str) -> bool {
+    (held.event_id == by.event_id && held.stream == stream && held.data == by.data)
+        || (held.event_id == claim.marker.event_id && held.data == claim.marker.data)
+}
+
+/// `append_claiming` takes a key for one of its events; another append claiming it fails
+/// naming the key, a redelivery succeeds, and the key can still take events of its own.
+pub async fn claims_are_held_by_one_event(store: &dyn EventStore) {
+    let kind = store.kind();
+    let (a, b) = (unique_stream("claiming-a"), unique_stream("claiming-b"));
+    let (key, other) = (unique_stream("key"), unique_stream("key-free"));
+    assert!(
+        store
+            .claimant(&key)
+            .await
+            .unwrap_or_else(|e| panic!("[{kind}] claimant: {e}"))
+            .is_none(),
+        "[{kind}] a key nobody claimed has no claimant"
+    );
+    let batch = events(0..3);
+    let c = claim(&key, 1, 100);
+    let out = store
+        .append_claiming(&a, ExpectedRevision::NoStream, batch.clone(), vec![c.clone()], None)
+        .await
+        .unwrap_or_else(|e| panic!("[{kind}] append_claiming to {a} taking {key} failed: {e}"));
+    assert_eq!(out.last_revision, 2, "[{kind}] {a}: revision after a claiming append");
+    assert_eq!(
+        recorded_ids(&read_whole_stream(store, &a).await),
+        ids(&batch),
+        "[{kind}] {a}: events"
+    );
+    let held = store.claimant(&key).await.unwrap().expect("claimed");
+    assert!(
+        is_claimant(&held, &batch[1], &c, &a),
+        "[{kind}] {key} is held by {held:?}, not by event 1 of {a} or its marker"
+    );
+
+    // Redelivered whole: nothing new, still held by the same event.
+    let again = store
+        .append_claiming(&a, ExpectedRevision::NoStream, batch.clone(), vec![c.clone()], None)
+        .await
+        .unwrap_or_else(|e| panic!("[{kind}] a redelivered append_claiming to {a} failed: {e}"));
+    assert_eq!(again.appended, 0, "[{kind}] a redelivered claiming append wrote events");
+    assert_eq!(
+        store.claimant(&key).await.unwrap().map(|e| e.event_id),
+        Some(held.event_id)
+    );
+
+    // Another event claiming the key: refused, naming the key; its stream is not written
+    // where the store takes keys and events together.
+    let taken = store
+        .append_claiming(
+            &b,
+            ExpectedRevision::NoStream,
+            events(5..6),
+            vec![claim(&other, 0, 101), claim(&key, 0, 102)],
+            None,
+        )
+        .await;
+    match taken {
+        Err(StoreError::WrongExpectedRevision { stream, .. }) => {
+            assert_eq!(stream, key, "[{kind}] a refused claim must name the key")
+        }
+        other => panic!("[{kind}] claiming {key} held by {a} must fail, got {other:?}"),
+    }
+    assert_eq!(
+        store.claimant(&key).await.unwrap().map(|e| e.event_id),
+        Some(held.event_id)
+    );
+
+    // The key takes events of its own after its claimant (an identifier marked shared).
+    let own = store
+        .append(&key, ExpectedRevision::StreamExists, events(7..8))
+        .await
+        .unwrap_or_else(|e| panic!("[{kind}] append to the claimed key {key} failed: {e}"));
+    assert_eq!(
+        own.last_revision, 1,
+        "[{kind}] {key}: its own event follows its claimant"
+    );
+    assert_eq!(
+        store.claimant(&key).await.unwrap().map(|e| e.event_id),
+        Some(held.event_id)
+    );
+}
+
+/// A key first written as a plain stream (claims before `append_claiming` were streams)
+/// is held by that stream's first event.
+pub async fn a_key_written_as_a_stream_is_held(store: &dyn EventStore) {
+    let kind = store.kind();
+    let key = unique_stream("key-stream");
+    let first = events(0..1);
+    append_ok(store, &key, ExpectedRevision::NoStream, first.clone()).await;
+    assert_eq!(
+        store.claimant(&key).await.unwrap().map(|e| e.event_id),
+        Some(first[0].event_id),
+        "[{kind}] {key} is held by its first event"
+    );
+    let stream = unique_stream("claiming");
+    let refused = store
+        .append_claiming(
+            &stream,
+            ExpectedRevision::NoStream,
+            events(1..2),
+            vec![claim(&key, 0, 9)],
+            None,
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::WrongExpectedRevision { stream: s, .. }) if *s == key),
+        "[{kind}] claiming {key}, a stream already, must fail naming it, got {refused:?}"
     );
 }

@@ -93,8 +93,9 @@ const IDS: TableDefinition<&[u8], u64> = TableDefinition::new("ids");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Version of this layout, kept under `meta["format"]`. 1 and 2 were sled key layouts; 3
-/// kept every head in one table (upgraded in place: it becomes the base run).
-const FORMAT: u64 = 4;
+/// kept every head in one table (upgraded in place: it becomes the base run); 4 had no
+/// claims in log records (upgraded in place: its records read as they are).
+const FORMAT: u64 = 5;
 
 pub use crate::heads::Tuning as HeadsTuning;
 
@@ -136,6 +137,8 @@ struct AppendRequest {
     stream: String,
     expected: ExpectedRevision,
     events: Vec<NewEvent>,
+    /// Keys this append takes: key → the id of the event (among `events`) that holds it.
+    claims: Vec<(String, uuid::Uuid)>,
     reply: tokio::sync::oneshot::Sender<Result<AppendOutcome, StoreError>>,
     /// Called on the writer thread once the append is committed, before the tip moves.
     on_commit: Option<crate::OnCommit>,
@@ -303,6 +306,11 @@ fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
             meta.insert("format", FORMAT).map_err(io("write the layout version"))?;
         }
         let found = found.or(log_empty.then_some(FORMAT));
+        if found == Some(4) {
+            // Layout 4's records are layout 5's records without claims.
+            meta.insert("format", FORMAT).map_err(io("upgrade the layout"))?;
+            tracing::info!(path = %path.display(), "event store upgraded from layout 4 to {FORMAT} in place");
+        }
         if found == Some(3) {
             // Layout 3 kept every head in `heads`: it becomes the base run, covering the log.
             let last = write
@@ -320,7 +328,7 @@ fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
             .map_err(io("open the stream heads"))?;
         write.open_table(INDEX).map_err(io("open the stream index"))?;
         write.open_table(IDS).map_err(io("open the event ids"))?;
-        found.map(|f| if f == 3 { FORMAT } else { f })
+        found.map(|f| if f == 3 || f == 4 { FORMAT } else { f })
     };
     if found != Some(FORMAT) {
         return Err(StoreError::Config(format!(
@@ -349,8 +357,11 @@ fn open_heads(db: &Database, tuning: HeadsTuning) -> Result<Heads, StoreError> {
         Heads::open(&write, tuning, covered, &mut |apply| {
             for item in log.range(covered.saturating_add(1)..).map_err(io("read the log"))? {
                 let (key, value) = item.map_err(io("read the log"))?;
-                let e = record::decode(key.value(), value.value())?;
+                let (e, claims) = record::decode_with_claims(key.value(), value.value())?;
                 apply(&e.stream, e.revision, &e.event_id, key.value());
+                for claim in claims {
+                    apply(&claim, 0, &e.event_id, key.value());
+                }
             }
             Ok(())
         })?
@@ -618,6 +629,28 @@ impl Tables<'_> {
         if let Err(e) = request.expected.check(stream, last) {
             return Ok(Err(e));
         }
+        // Each key is free, or held by its claiming event already (an earlier append).
+        let mut taking = Vec::with_capacity(request.claims.len());
+        for (key, id) in &request.claims {
+            let held = match self.pending.get(key.as_str()) {
+                Some(h) => Some(h.clone()),
+                None => match self.heads.lookup_for_write(self.write, key) {
+                    Ok(h) => h,
+                    Err(e) => return Ok(Err(e)),
+                },
+            };
+            match held {
+                Some(h) if h.holds(id) => {}
+                Some(h) => {
+                    return Ok(Err(StoreError::WrongExpectedRevision {
+                        stream: key.clone(),
+                        expected: ExpectedRevision::NoStream,
+                        actual: Some(h.revision),
+                    }));
+                }
+                None => taking.push((key.as_str(), *id)),
+            }
+        }
         if fresh.is_empty() {
             // Empty batch on a stream that does not exist: nothing to write, nothing to report.
             return Ok(Ok(AppendOutcome {
@@ -626,11 +659,31 @@ impl Tables<'_> {
                 position: None,
             }));
         }
+        // A key whose claiming event is already in the stream (written without it) points at
+        // that event where it is.
+        let mut earlier = Vec::new();
+        for (key, id) in taking.iter().filter(|(_, id)| !fresh.iter().any(|e| e.event_id == *id)) {
+            let Some(at) = self.sequence_of(stream, head.as_ref(), id)? else {
+                return Ok(Err(StoreError::Config(format!(
+                    "append to {stream}: claim of {key} names event {id}, which is neither in the append nor in the stream"
+                ))));
+            };
+            earlier.push((*key, *id, at));
+        }
+        for (key, id, at) in earlier {
+            self.take(key, &id, at);
+        }
         let mut head = head.unwrap_or_else(Head::empty);
+        let mut keys: Vec<&str> = Vec::new();
         for (revision, event) in (last.map_or(0, |h| h + 1)..).zip(&fresh) {
+            keys.clear();
+            keys.extend(taking.iter().filter(|(_, id)| *id == event.event_id).map(|(k, _)| *k));
             buf.clear();
-            record::encode(buf, stream, revision, recorded_at_us, event);
+            record::encode(buf, stream, revision, recorded_at_us, event, &keys);
             self.log.insert(*sequence, buf.as_slice())?;
+            for key in &keys {
+                self.take(key, &event.event_id, *sequence);
+            }
             head.record(revision, &event.event_id, *sequence);
             if revision >= HEAD_IDS {
                 self.index
@@ -651,6 +704,33 @@ impl Tables<'_> {
                 prepare: last,
             }),
         }))
+    }
+
+    /// Points `key` at the event `id` at log sequence `at`: the key reads as a stream whose
+    /// first event is that one.
+    fn take(&mut self, key: &str, id: &uuid::Uuid, at: u64) {
+        let mut head = Head::empty();
+        head.record(0, id, at);
+        self.pending.insert(key.to_string(), head);
+    }
+
+    /// The log sequence of event `id` of `stream` (whose head is `head`), if it is there.
+    fn sequence_of(&self, stream: &str, head: Option<&Head>, id: &uuid::Uuid) -> Result<Option<u64>, redb::Error> {
+        let Some(head) = head else { return Ok(None) };
+        if let Some(at) = head.sequence_of(id) {
+            return Ok(Some(at));
+        }
+        let Some(revision) = self
+            .ids
+            .get(stream_key(stream, id.as_bytes()).as_slice())?
+            .map(|r| r.value())
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .index
+            .get(stream_key(stream, &revision.to_be_bytes()).as_slice())?
+            .map(|s| s.value()))
     }
 }
 
@@ -714,6 +794,7 @@ impl Inner {
         stream: &str,
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
+        claims: Vec<(String, uuid::Uuid)>,
         on_commit: Option<crate::OnCommit>,
     ) -> Result<AppendOutcome, StoreError> {
         let (reply, outcome) = tokio::sync::oneshot::channel();
@@ -721,6 +802,7 @@ impl Inner {
             stream: stream.to_owned(),
             expected,
             events,
+            claims,
             reply,
             on_commit,
         }))?;
@@ -745,7 +827,7 @@ impl EventStore for EmbeddedStore {
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, StoreError> {
-        self.inner.append(stream, expected, events, None).await
+        self.inner.append(stream, expected, events, Vec::new(), None).await
     }
 
     async fn append_then(
@@ -755,7 +837,32 @@ impl EventStore for EmbeddedStore {
         events: Vec<NewEvent>,
         on_commit: crate::OnCommit,
     ) -> Result<AppendOutcome, StoreError> {
-        self.inner.append(stream, expected, events, Some(on_commit)).await
+        self.inner
+            .append(stream, expected, events, Vec::new(), Some(on_commit))
+            .await
+    }
+
+    async fn append_claiming(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        claims: Vec<crate::Claim>,
+        on_commit: Option<crate::OnCommit>,
+    ) -> Result<AppendOutcome, StoreError> {
+        let mut taken = Vec::with_capacity(claims.len());
+        for c in claims {
+            let Some(by) = events.get(c.by) else {
+                return Err(StoreError::Config(format!(
+                    "append to {stream}: claim of {} names event {} of {}; nothing was written",
+                    c.key,
+                    c.by,
+                    events.len()
+                )));
+            };
+            taken.push((c.key, by.event_id));
+        }
+        self.inner.append(stream, expected, events, taken, on_commit).await
     }
 
     async fn read_stream(
@@ -869,22 +976,41 @@ impl Subscription {
 /// u8 version(=1) | u64 revision | i64 recorded_at_us | [u8;16] event_id
 /// | u32 len stream | u32 len type | u32 len data | u32 len metadata | bytes...
 /// ```
+/// Version 2, the record of an event that takes keys ([`crate::Claim`]): a fifth length
+/// after the metadata's, and a fifth field, the keys separated by `0xFF` (not in UTF-8).
 /// All integers big-endian.
 pub(crate) mod record {
     use super::*;
 
     const VERSION: u8 = 1;
+    const CLAIMING: u8 = 2;
     const HEADER: usize = 1 + 8 + 8 + 16 + 4 * 4;
 
-    pub(crate) fn encode(buf: &mut Vec<u8>, stream: &str, revision: u64, recorded_at_us: i64, event: &NewEvent) {
-        let fields: [&[u8]; 4] = [
+    pub(crate) fn encode(
+        buf: &mut Vec<u8>,
+        stream: &str,
+        revision: u64,
+        recorded_at_us: i64,
+        event: &NewEvent,
+        claims: &[&str],
+    ) {
+        let mut joined = Vec::new();
+        for (i, key) in claims.iter().enumerate() {
+            if i > 0 {
+                joined.push(SEP);
+            }
+            joined.extend_from_slice(key.as_bytes());
+        }
+        let fields: [&[u8]; 5] = [
             stream.as_bytes(),
             event.event_type.as_bytes(),
             &event.data,
             &event.metadata,
+            &joined,
         ];
-        buf.reserve(HEADER + fields.iter().map(|f| f.len()).sum::<usize>());
-        buf.push(VERSION);
+        let fields = if claims.is_empty() { &fields[..4] } else { &fields[..] };
+        buf.reserve(HEADER + 4 + fields.iter().map(|f| f.len()).sum::<usize>());
+        buf.push(if claims.is_empty() { VERSION } else { CLAIMING });
         buf.extend_from_slice(&revision.to_be_bytes());
         buf.extend_from_slice(&recorded_at_us.to_be_bytes());
         buf.extend_from_slice(event.event_id.as_bytes());
@@ -898,15 +1024,24 @@ pub(crate) mod record {
     }
 
     pub(crate) fn decode(sequence: u64, bytes: &[u8]) -> Result<RecordedEvent, StoreError> {
+        decode_with_claims(sequence, bytes).map(|(e, _)| e)
+    }
+
+    /// The record and the keys its event takes.
+    pub(crate) fn decode_with_claims(sequence: u64, bytes: &[u8]) -> Result<(RecordedEvent, Vec<String>), StoreError> {
         let corrupt = |why: &str| StoreError::Corrupt(format!("log record {sequence}: {why}"));
-        if bytes.len() < HEADER {
+        let fields = match bytes.first() {
+            Some(&VERSION) => 4,
+            Some(&CLAIMING) => 5,
+            Some(v) => return Err(corrupt(&format!("unknown record version {v}"))),
+            None => 4,
+        };
+        let header = HEADER + 4 * (fields - 4);
+        if bytes.len() < header {
             return Err(corrupt(&format!(
-                "{} bytes, shorter than the {HEADER}-byte header",
+                "{} bytes, shorter than the {header}-byte header",
                 bytes.len()
             )));
-        }
-        if bytes[0] != VERSION {
-            return Err(corrupt(&format!("unknown record version {}", bytes[0])));
         }
         let u64_at = |i: usize| {
             let mut a = [0u8; 8];
@@ -917,17 +1052,17 @@ pub(crate) mod record {
         let recorded_at_us = i64::from_be_bytes(u64_at(9));
         let mut id = [0u8; 16];
         id.copy_from_slice(&bytes[17..33]);
-        let mut lens = [0usize; 4];
-        for (k, len) in lens.iter_mut().enumerate() {
+        let mut lens = [0usize; 5];
+        for (k, len) in lens.iter_mut().take(fields).enumerate() {
             let i = 33 + 4 * k;
             let mut a = [0u8; 4];
             a.copy_from_slice(&bytes[i..i + 4]);
             *len = u32::from_be_bytes(a) as usize;
         }
-        if HEADER + lens.iter().sum::<usize>() != bytes.len() {
+        if header + lens.iter().sum::<usize>() != bytes.len() {
             return Err(corrupt("field lengths do not add up to the record length"));
         }
-        let mut at = HEADER;
+        let mut at = header;
         let mut take = |len: usize| {
             let s = &bytes[at..at + len];
             at += len;
@@ -938,7 +1073,14 @@ pub(crate) mod record {
         let (stream, event_type) = (stream.to_owned(), event_type.to_owned());
         let data = take(lens[2]).to_vec();
         let metadata = take(lens[3]).to_vec();
-        Ok(RecordedEvent {
+        let mut claims = Vec::new();
+        if fields == 5 {
+            for key in take(lens[4]).split(|b| *b == SEP) {
+                let key = std::str::from_utf8(key).map_err(|_| corrupt("a claimed key is not UTF-8"))?;
+                claims.push(key.to_owned());
+            }
+        }
+        let event = RecordedEvent {
             stream,
             revision,
             position: GlobalPosition {
@@ -950,7 +1092,8 @@ pub(crate) mod record {
             data,
             metadata,
             recorded_at_us,
-        })
+        };
+        Ok((event, claims))
     }
 
     #[cfg(test)]
@@ -966,7 +1109,7 @@ pub(crate) mod record {
                 metadata: b"m".to_vec(),
             };
             let mut buf = Vec::new();
-            encode(&mut buf, "customer-1", 4, 99, &event);
+            encode(&mut buf, "customer-1", 4, 99, &event, &[]);
             let rec = decode(12, &buf).expect("own encoding decodes");
             assert_eq!(
                 (
@@ -1022,7 +1165,7 @@ mod tests {
                     for r in 0..events {
                         let e = new_event(sequence as u128 * 10 + r);
                         buf.clear();
-                        record::encode(&mut buf, stream, r as u64, 7, &e);
+                        record::encode(&mut buf, stream, r as u64, 7, &e, &[]);
                         log.insert(sequence, buf.as_slice()).unwrap();
                         head.record(r as u64, &e.event_id, sequence);
                         sequence += 1;

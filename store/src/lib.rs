@@ -112,6 +112,21 @@ pub enum StoreError {
 /// Told an append's outcome as soon as it is committed (see [`EventStore::append_then`]).
 pub type OnCommit = Box<dyn FnOnce(&AppendOutcome) + Send>;
 
+/// A unique key an append takes for one of its events (see [`EventStore::append_claiming`]):
+/// an identifier's reservation. A key is named like a stream and is held by one event at
+/// most; [`EventStore::claimant`] tells which.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The key, named like a stream (the domain's `identity-<hash>`).
+    pub key: String,
+    /// Index, in the append's events, of the event that takes the key.
+    pub by: usize,
+    /// What a store that keeps claims as streams of their own writes to stream `key`
+    /// (the default [`EventStore::append_claiming`]; KurrentDB). The embedded store writes
+    /// no marker: it points the key at event `by` in the same commit.
+    pub marker: NewEvent,
+}
+
 /// The event store port.
 #[async_trait::async_trait]
 pub trait EventStore: Send + Sync + 'static {
@@ -140,6 +155,36 @@ pub trait EventStore: Send + Sync + 'static {
         let out = self.append(stream, expected, events).await?;
         on_commit(&out);
         Ok(out)
+    }
+
+    /// [`EventStore::append_then`] that also takes unique keys for some of its events.
+    /// Fails with [`StoreError::WrongExpectedRevision`] naming the key (as a stream,
+    /// expected: no stream) when an event other than the claiming one (or its marker) holds
+    /// one; a redelivery that holds its keys already succeeds.
+    ///
+    /// By default (stores that cannot index a key in the append's commit) each claim is an
+    /// append of its `marker` to stream `key` (expected: no stream), all before the events:
+    /// a failure after them leaves keys taken by events that are not written yet, which the
+    /// caller recognises on its retry by the marker's content. The embedded store does it
+    /// atomically: the keys and the events are committed together or not at all, and the
+    /// key's claimant is the claiming event itself (no marker, no stream of its own).
+    async fn append_claiming(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+        claims: Vec<Claim>,
+        on_commit: Option<OnCommit>,
+    ) -> Result<AppendOutcome, StoreError> {
+        claim_with_markers(self, stream, expected, events, claims, on_commit).await
+    }
+
+    /// The event that holds `key` ([`EventStore::append_claiming`]): the claiming event
+    /// itself (embedded) or its marker, or the first event of a stream named `key` written
+    /// by plain appends (how claims were kept before `append_claiming`). `None`: nobody
+    /// holds it.
+    async fn claimant(&self, key: &str) -> Result<Option<RecordedEvent>, StoreError> {
+        Ok(self.read_stream(key, 0, 1).await?.into_iter().next())
     }
 
     /// Reads up to `max` events of a stream from `from_revision` (inclusive). Empty if no stream.
@@ -187,4 +232,29 @@ pub trait EventStore: Send + Sync + 'static {
         let _ = (from, offset);
         None
     }
+}
+
+/// The default [`EventStore::append_claiming`]: each claim's marker appended to stream `key`
+/// (expected: no stream), all before the events. For stores without a key index, and for
+/// wrappers that want this behaviour whatever the store under them does.
+pub async fn claim_with_markers<S: EventStore + ?Sized>(
+    store: &S,
+    stream: &str,
+    expected: ExpectedRevision,
+    events: Vec<NewEvent>,
+    claims: Vec<Claim>,
+    on_commit: Option<OnCommit>,
+) -> Result<AppendOutcome, StoreError> {
+    let marked = futures::future::try_join_all(
+        claims
+            .into_iter()
+            .map(|c| async move { store.append(&c.key, ExpectedRevision::NoStream, vec![c.marker]).await }),
+    )
+    .await?;
+    let mut out = match on_commit {
+        Some(on_commit) => store.append_then(stream, expected, events, on_commit).await?,
+        None => store.append(stream, expected, events).await?,
+    };
+    out.appended += marked.iter().map(|m| m.appended).sum::<usize>();
+    Ok(out)
 }

@@ -460,3 +460,177 @@ async fn a_busy_stream_is_flushed_by_log_growth_and_reads_back_after_a_reopen() 
     let store = open_tiny(dir.path());
     check_streams(&store, &[(stream, (0..100).collect())]).await;
 }
+
+/// The store as a backend without a key index sees it: every method but `append_claiming`
+/// and `claimant`, which keep their defaults (claims as marker streams, as KurrentDB).
+struct Unindexed(EmbeddedStore);
+
+#[async_trait::async_trait]
+impl EventStore for Unindexed {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+        events: Vec<store::NewEvent>,
+    ) -> Result<store::AppendOutcome, store::StoreError> {
+        self.0.append(stream, expected, events).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<store::RecordedEvent>, store::StoreError> {
+        self.0.read_stream(stream, from, max).await
+    }
+    async fn stream_revision(&self, stream: &str) -> Result<Option<u64>, store::StoreError> {
+        self.0.stream_revision(stream).await
+    }
+    async fn read_all(
+        &self,
+        after: Option<GlobalPosition>,
+        max: usize,
+    ) -> Result<Vec<store::RecordedEvent>, store::StoreError> {
+        self.0.read_all(after, max).await
+    }
+    fn subscribe_all(
+        &self,
+        after: Option<GlobalPosition>,
+    ) -> futures::stream::BoxStream<'static, Result<store::RecordedEvent, store::StoreError>> {
+        self.0.subscribe_all(after)
+    }
+    async fn sync(&self) -> Result<(), store::StoreError> {
+        self.0.sync().await
+    }
+    fn kind(&self) -> &'static str {
+        "unindexed"
+    }
+}
+
+/// The port's default claims (marker streams, what KurrentDB gets) pass the same checks.
+#[tokio::test]
+async fn claims_kept_as_marker_streams_pass_the_claim_checks() {
+    let store = Unindexed(EmbeddedStore::temporary().expect("temporary store"));
+    conformance::claims_are_held_by_one_event(&store).await;
+    conformance::a_key_written_as_a_stream_is_held(&store).await;
+}
+
+/// The embedded store takes keys and events in one commit: a claiming append that fails
+/// takes no key, and one that succeeds writes no marker (the key's claimant is the event).
+#[tokio::test]
+async fn a_claiming_append_takes_its_keys_and_events_together_or_not_at_all() {
+    let store = EmbeddedStore::temporary().expect("temporary store");
+    let stream = unique_stream("claiming");
+    store
+        .append(&stream, ExpectedRevision::NoStream, vec![event(0)])
+        .await
+        .expect("append");
+    let key = unique_stream("key");
+    let wrong = store
+        .append_claiming(
+            &stream,
+            ExpectedRevision::NoStream,
+            vec![event(1)],
+            vec![conformance::claim(&key, 0, 2)],
+            None,
+        )
+        .await;
+    assert!(
+        matches!(wrong, Err(store::StoreError::WrongExpectedRevision { .. })),
+        "{wrong:?}"
+    );
+    assert!(
+        store.claimant(&key).await.unwrap().is_none(),
+        "a failed append took its key"
+    );
+
+    let by = event(3);
+    let out = store
+        .append_claiming(
+            &stream,
+            ExpectedRevision::Exact(0),
+            vec![by.clone()],
+            vec![conformance::claim(&key, 0, 4)],
+            None,
+        )
+        .await
+        .expect("claiming append");
+    assert_eq!(out.appended, 1, "the marker is not written");
+    let held = store.claimant(&key).await.unwrap().expect("claimed");
+    assert_eq!(
+        (held.event_id, held.stream.as_str(), held.revision),
+        (by.event_id, stream.as_str(), 1)
+    );
+    let log = store.read_all(None, usize::MAX).await.unwrap();
+    assert_eq!(log.len(), 2, "no marker in the log: {log:?}");
+
+    // Out of range: refused with what was wrong, nothing written.
+    let bad = store
+        .append_claiming(
+            &stream,
+            ExpectedRevision::Any,
+            vec![event(5)],
+            vec![conformance::claim(&key, 3, 6)],
+            None,
+        )
+        .await;
+    assert!(
+        matches!(&bad, Err(store::StoreError::Config(m)) if m.contains("names event 3 of 1")),
+        "{bad:?}"
+    );
+    assert_eq!(store.stream_revision(&stream).await.unwrap(), Some(1));
+}
+
+/// Keys survive a reopen from memory (read back from the log's records) and from runs.
+#[tokio::test]
+async fn claimed_keys_survive_flushes_and_a_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = |i: u32| format!("identity-email-{i:04x}");
+    let stream = |i: u32| format!("customer-{i:04x}");
+    // Written with the default tuning: every head stays in memory, so the first reopen reads
+    // the keys back from the log's records; the tiny tuning then flushes them into runs.
+    {
+        let store = open(dir.path());
+        for i in 0..60 {
+            store
+                .append_claiming(
+                    &stream(i),
+                    ExpectedRevision::NoStream,
+                    vec![event(2 * i), event(2 * i + 1)],
+                    vec![conformance::claim(&key(i), 1, 1000 + i)],
+                    None,
+                )
+                .await
+                .expect("claiming append");
+        }
+        store.sync().await.expect("sync");
+    }
+    for reopen in [open, open_tiny, open] {
+        let store = reopen(dir.path());
+        for i in 0..60 {
+            let held = store
+                .claimant(&key(i))
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("{} lost", key(i)));
+            assert_eq!(
+                (held.stream, held.data),
+                (stream(i), (2 * i + 1).to_be_bytes().to_vec())
+            );
+        }
+        let refused = store
+            .append_claiming(
+                &stream(99),
+                ExpectedRevision::NoStream,
+                vec![event(9)],
+                vec![conformance::claim(&key(7), 0, 9)],
+                None,
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(store::StoreError::WrongExpectedRevision { .. })),
+            "{refused:?}"
+        );
+        drop(store);
+    }
+}
