@@ -381,6 +381,15 @@ impl LiveIndex {
         }
         candidates.sort_unstable();
         candidates.dedup();
+        // Touch every candidate's slot (both its cache lines) before scoring any: these loads
+        // are independent, so their cache misses overlap, where inside the scoring each
+        // waited for the one before (at a million customers, reaching the ~45 random slots
+        // was half the time of scoring).
+        let touched = candidates.iter().fold(0u32, |acc, &slot| {
+            let s = &self.slots[slot as usize];
+            acc ^ s.row[0] ^ s.row[FIELD_COUNT - 1] ^ u32::from(s.live)
+        });
+        std::hint::black_box(touched);
         let non_null = std::array::from_fn(|i| self.store.columns[i].non_null);
         let t = self.model.thresholds;
         let prior = self.weights.prior_weight(self.population());
