@@ -1131,6 +1131,36 @@ pub(crate) mod record {
                 );
             }
         }
+
+        #[test]
+        fn a_claiming_record_keeps_its_keys_and_reads_as_the_same_event() {
+            let event = NewEvent {
+                event_id: uuid::Uuid::from_u128(8),
+                event_type: "IdentifierAttachedV1".into(),
+                data: vec![4, 5],
+                metadata: Vec::new(),
+            };
+            let (mut plain, mut claiming) = (Vec::new(), Vec::new());
+            encode(&mut plain, "customer-2", 1, 5, &event, &[]);
+            encode(
+                &mut claiming,
+                "customer-2",
+                1,
+                5,
+                &event,
+                &["identity-email-a", "identity-phone-b"],
+            );
+            let (rec, keys) = decode_with_claims(3, &claiming).expect("own encoding decodes");
+            assert_eq!(keys, ["identity-email-a", "identity-phone-b"]);
+            assert_eq!(rec, decode(3, &plain).unwrap());
+            assert_eq!(decode_with_claims(3, &plain).unwrap().1, Vec::<String>::new());
+            for cut in [0, 40, claiming.len() - 1] {
+                assert!(
+                    matches!(decode(1, &claiming[..cut]), Err(StoreError::Corrupt(_))),
+                    "cut at {cut}"
+                );
+            }
+        }
     }
 }
 
@@ -1147,8 +1177,55 @@ mod tests {
         }
     }
 
+    /// A file of layout 4 (records without claims: its identifier claims are streams of
+    /// their own) opens as layout 5, reads as before, and its claim streams hold their keys.
+    #[tokio::test]
+    async fn a_layout_4_file_is_upgraded_in_place_and_its_claim_streams_hold_their_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = new_event(1);
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            store
+                .append("identity-email-x", ExpectedRevision::NoStream, vec![marker.clone()])
+                .await
+                .unwrap();
+            store.sync().await.unwrap();
+        }
+        {
+            let db = Database::open(dir.path().join(FILE)).unwrap();
+            let write = db.begin_write().unwrap();
+            write.open_table(META).unwrap().insert("format", 4).unwrap();
+            write.commit().unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let held = store.claimant("identity-email-x").await.unwrap().map(|e| e.event_id);
+        assert_eq!(held, Some(marker.event_id));
+        let refused = store
+            .append_claiming(
+                "customer-b",
+                ExpectedRevision::NoStream,
+                vec![new_event(2)],
+                vec![crate::Claim {
+                    key: "identity-email-x".into(),
+                    by: 0,
+                    marker: new_event(3),
+                }],
+                None,
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::WrongExpectedRevision { .. })),
+            "{refused:?}"
+        );
+        drop(store);
+        let db = Database::open(dir.path().join(FILE)).unwrap();
+        let read = db.begin_read().unwrap();
+        let format = read.open_table(META).unwrap().get("format").unwrap().map(|v| v.value());
+        assert_eq!(format, Some(FORMAT));
+    }
+
     /// A file as layout 3 wrote it (every head in `heads`) opens, reads, takes appends and
-    /// is marked layout 4; its `heads` table is the base run.
+    /// is marked the current layout; its `heads` table is the base run.
     #[tokio::test]
     async fn a_layout_3_file_is_upgraded_in_place() {
         let dir = tempfile::tempdir().unwrap();
