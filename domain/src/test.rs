@@ -581,18 +581,24 @@ mod crash_after_claims {
     use super::hooked::Hooked;
     use super::*;
 
-    #[tokio::test]
-    async fn a_redelivery_finishes_a_new_customer_whose_claims_were_already_written() {
-        // The first append to a customer stream fails as if the process had died right before it.
+    /// A store whose first append to a customer stream fails as if the process had died
+    /// right before it; `markers`: claims as marker streams (KurrentDB) or in the customer's
+    /// commit (embedded).
+    fn dies_before_the_first_customer_append(markers: bool) -> Arc<dyn EventStore> {
         let died = AtomicBool::new(false);
-        let store: Arc<dyn EventStore> = Arc::new(Hooked {
+        Arc::new(Hooked {
             before_append: Box::new(move |stream| {
                 (stream.starts_with("customer-") && !died.swap(true, Ordering::SeqCst))
                     .then(|| StoreError::Unavailable("the process died".into()))
             }),
-            markers: true,
+            markers,
             ..Hooked::new(EmbeddedStore::temporary().unwrap())
-        });
+        })
+    }
+
+    #[tokio::test]
+    async fn a_redelivery_finishes_a_new_customer_whose_claims_were_already_written() {
+        let store = dies_before_the_first_customer_append(true);
         let service = CustomerService::new(store.clone(), DomainConfig::default());
         let event = form("e1", &["phone=13800138000", "email=zw@example.com"]);
         let err = service.handle(&event).await.unwrap_err();
@@ -626,14 +632,7 @@ mod crash_after_claims {
     /// commit leaves nothing, and the redelivery writes the customer whole.
     #[tokio::test]
     async fn with_claims_in_the_customers_commit_a_crash_leaves_nothing_half_written() {
-        let died = AtomicBool::new(false);
-        let store: Arc<dyn EventStore> = Arc::new(Hooked {
-            before_append: Box::new(move |stream| {
-                (stream.starts_with("customer-") && !died.swap(true, Ordering::SeqCst))
-                    .then(|| StoreError::Unavailable("the process died".into()))
-            }),
-            ..Hooked::new(EmbeddedStore::temporary().unwrap())
-        });
+        let store = dies_before_the_first_customer_append(false);
         let service = CustomerService::new(store.clone(), DomainConfig::default());
         let event = form("e1", &["phone=13800138000", "email=zw@example.com"]);
         assert!(service.handle(&event).await.unwrap_err().is_transient());

@@ -23,6 +23,9 @@
 //!   the last delivered position after a failure, with exponential backoff (100 ms → 30 s);
 //!   each failure is reported as one `Err` item, the stream goes on.
 //! - `sync()` is a no-op: the server acknowledges a write only once it is durable.
+//! - Claims ([`EventStore::append_claiming`]): the port's default. Each claim's marker is
+//!   appended to its reservation stream (expected: no stream) before the events; the server
+//!   has no key index to take them in one write.
 //!
 //! TLS: `kurrentdb` installs rustls' aws-lc-rs provider as the process default the first time
 //! it connects. Any other rustls user in the process (reqwest, …) must not race it: call
