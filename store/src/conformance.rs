@@ -43,6 +43,7 @@ pub async fn run_all(store: &dyn EventStore) {
     append_then_tells_the_outcome_once(store).await;
     claims_are_held_by_one_event(store).await;
     a_key_written_as_a_stream_is_held(store).await;
+    concurrent_claims_of_one_key(store).await;
 }
 
 /// A fresh stream name unique to this call: `customer-<uuid>-<label>`.
@@ -896,5 +897,43 @@ pub async fn a_key_written_as_a_stream_is_held(store: &dyn EventStore) {
     assert!(
         matches!(&refused, Err(StoreError::WrongExpectedRevision { stream: s, .. }) if *s == key),
         "[{kind}] claiming {key}, a stream already, must fail naming it, got {refused:?}"
+    );
+}
+
+/// Appends to different streams racing for one key: one takes it, the others fail naming
+/// the key, and the key's claimant is the winner's event (or its marker).
+pub async fn concurrent_claims_of_one_key(store: &dyn EventStore) {
+    let kind = store.kind();
+    let key = unique_stream("contested-key");
+    const WRITERS: u32 = 8;
+    let streams: Vec<String> = (0..WRITERS).map(|w| unique_stream(&format!("contender-{w}"))).collect();
+    let batches: Vec<Vec<NewEvent>> = (0..WRITERS).map(|w| events(10 * w..10 * w + 2)).collect();
+    let claims: Vec<crate::Claim> = (0..WRITERS).map(|w| claim(&key, 1, 500 + w)).collect();
+    let results = futures::future::join_all((0..WRITERS as usize).map(|w| {
+        store.append_claiming(
+            &streams[w],
+            ExpectedRevision::NoStream,
+            batches[w].clone(),
+            vec![claims[w].clone()],
+            None,
+        )
+    }))
+    .await;
+    let mut won = Vec::new();
+    for (w, result) in results.into_iter().enumerate() {
+        match result {
+            Ok(_) => won.push(w),
+            Err(StoreError::WrongExpectedRevision { stream, .. }) => {
+                assert_eq!(stream, key, "[{kind}] a loser of the race for {key} must name it")
+            }
+            Err(e) => panic!("[{kind}] race for {key}: unexpected error {e}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "[{kind}] {} appends took {key}", won.len());
+    let w = won[0];
+    let held = store.claimant(&key).await.unwrap().expect("claimed");
+    assert!(
+        is_claimant(&held, &batches[w][1], &claims[w], &streams[w]),
+        "[{kind}] {key} is held by {held:?}, not by the winner"
     );
 }

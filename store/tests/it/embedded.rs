@@ -513,6 +513,7 @@ async fn claims_kept_as_marker_streams_pass_the_claim_checks() {
     let store = Unindexed(EmbeddedStore::temporary().expect("temporary store"));
     conformance::claims_are_held_by_one_event(&store).await;
     conformance::a_key_written_as_a_stream_is_held(&store).await;
+    conformance::concurrent_claims_of_one_key(&store).await;
 }
 
 /// The embedded store takes keys and events in one commit: a claiming append that fails
