@@ -659,19 +659,15 @@ impl Tables<'_> {
                 position: None,
             }));
         }
-        // A key whose claiming event is already in the stream (written without it) points at
-        // that event where it is.
-        let mut earlier = Vec::new();
-        for (key, id) in taking.iter().filter(|(_, id)| !fresh.iter().any(|e| e.event_id == *id)) {
-            let Some(at) = self.sequence_of(stream, head.as_ref(), id)? else {
-                return Ok(Err(StoreError::Config(format!(
-                    "append to {stream}: claim of {key} names event {id}, which is neither in the append nor in the stream"
-                ))));
-            };
-            earlier.push((*key, *id, at));
-        }
-        for (key, id, at) in earlier {
-            self.take(key, &id, at);
+        // A key is taken by an event this append writes: its log record carries the key, so
+        // an open reads the key back with the event. (An event already in the stream was
+        // written without it; the domain never asks this: its claims and their events are
+        // one append.)
+        if let Some((key, id)) = taking.iter().find(|(_, id)| !fresh.iter().any(|e| e.event_id == *id)) {
+            return Ok(Err(StoreError::Config(format!(
+                "append to {stream}: the claim of {key} names event {id}, which is already in the stream; \
+                 a key can only be taken by an event the append writes. Nothing was written"
+            ))));
         }
         let mut head = head.unwrap_or_else(Head::empty);
         let mut keys: Vec<&str> = Vec::new();
@@ -712,25 +708,6 @@ impl Tables<'_> {
         let mut head = Head::empty();
         head.record(0, id, at);
         self.pending.insert(key.to_string(), head);
-    }
-
-    /// The log sequence of event `id` of `stream` (whose head is `head`), if it is there.
-    fn sequence_of(&self, stream: &str, head: Option<&Head>, id: &uuid::Uuid) -> Result<Option<u64>, redb::Error> {
-        let Some(head) = head else { return Ok(None) };
-        if let Some(at) = head.sequence_of(id) {
-            return Ok(Some(at));
-        }
-        let Some(revision) = self
-            .ids
-            .get(stream_key(stream, id.as_bytes()).as_slice())?
-            .map(|r| r.value())
-        else {
-            return Ok(None);
-        };
-        Ok(self
-            .index
-            .get(stream_key(stream, &revision.to_be_bytes()).as_slice())?
-            .map(|s| s.value()))
     }
 }
 

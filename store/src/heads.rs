@@ -132,14 +132,6 @@ impl Head {
         self.entries.chunks_exact(HEAD_ENTRY).any(|c| &c[..16] == id.as_bytes())
     }
 
-    /// The log sequence of event `id`, if it is one of the first [`HEAD_IDS`].
-    pub(crate) fn sequence_of(&self, id: &uuid::Uuid) -> Option<u64> {
-        self.entries
-            .chunks_exact(HEAD_ENTRY)
-            .find(|c| &c[..16] == id.as_bytes())
-            .map(|c| u64::from_be_bytes(c[16..].try_into().unwrap_or_default()))
-    }
-
     /// Log sequences of the head's events from revision `from` on.
     pub(crate) fn sequences(&self, from: u64) -> impl Iterator<Item = u64> + '_ {
         self.entries

@@ -565,6 +565,24 @@ async fn a_claiming_append_takes_its_keys_and_events_together_or_not_at_all() {
     let log = store.read_all(None, usize::MAX).await.unwrap();
     assert_eq!(log.len(), 2, "no marker in the log: {log:?}");
 
+    // Claimed by an event already in the stream (its record cannot carry the key): refused.
+    let other = unique_stream("key-other");
+    let late = store
+        .append_claiming(
+            &stream,
+            ExpectedRevision::Any,
+            vec![by.clone(), event(7)],
+            vec![conformance::claim(&other, 0, 8)],
+            None,
+        )
+        .await;
+    assert!(
+        matches!(&late, Err(store::StoreError::Config(m)) if m.contains("already in the stream")),
+        "{late:?}"
+    );
+    assert!(store.claimant(&other).await.unwrap().is_none());
+    assert_eq!(store.stream_revision(&stream).await.unwrap(), Some(1));
+
     // Out of range: refused with what was wrong, nothing written.
     let bad = store
         .append_claiming(
