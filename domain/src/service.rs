@@ -246,12 +246,6 @@ async fn append_claiming(
             own.note(noting.as_ref(), out, events.into_iter().map(|(e, _)| e));
         }) as store::OnCommit
     });
-    if claims.is_empty() {
-        return match on_commit {
-            Some(on_commit) => store.append_then(stream, expected, new, on_commit).await,
-            None => store.append(stream, expected, new).await,
-        };
-    }
     store.append_claiming(stream, expected, new, claims, on_commit).await
 }
 

@@ -590,13 +590,9 @@ impl Tables<'_> {
         buf: &mut Vec<u8>,
     ) -> Result<Result<AppendOutcome, StoreError>, redb::Error> {
         let stream = request.stream.as_str();
-        // A stream no run's filter knows costs no page (most appends create one).
-        let head = match self.pending.get(stream) {
-            Some(h) => Some(h.clone()),
-            None => match self.heads.lookup_for_write(self.write, stream) {
-                Ok(h) => h,
-                Err(e) => return Ok(Err(e)),
-            },
+        let head = match self.head(stream) {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(e)),
         };
         let mut fresh = Vec::with_capacity(request.events.len());
         for event in &request.events {
@@ -632,12 +628,9 @@ impl Tables<'_> {
         // Each key is free, or held by its claiming event already (an earlier append).
         let mut taking = Vec::with_capacity(request.claims.len());
         for (key, id) in &request.claims {
-            let held = match self.pending.get(key.as_str()) {
-                Some(h) => Some(h.clone()),
-                None => match self.heads.lookup_for_write(self.write, key) {
-                    Ok(h) => h,
-                    Err(e) => return Ok(Err(e)),
-                },
+            let held = match self.head(key) {
+                Ok(h) => h,
+                Err(e) => return Ok(Err(e)),
             };
             match held {
                 Some(h) if h.holds(id) => {}
@@ -700,6 +693,16 @@ impl Tables<'_> {
                 prepare: last,
             }),
         }))
+    }
+
+    /// The head of `stream` as this group sees it: changed by an earlier append of the group,
+    /// or as committed. A stream no run's filter knows costs no page (most appends create
+    /// one, most claims take a new key).
+    fn head(&self, stream: &str) -> Result<Option<Head>, StoreError> {
+        match self.pending.get(stream) {
+            Some(h) => Ok(Some(h.clone())),
+            None => self.heads.lookup_for_write(self.write, stream),
+        }
     }
 
     /// Points `key` at the event `id` at log sequence `at`: the key reads as a stream whose
