@@ -114,9 +114,73 @@ struct Inner {
     tip: watch::Receiver<u64>,
     /// Highest sequence known to be on disk (the tip at the last durable commit).
     durable: Arc<AtomicU64>,
+    /// The newest log records, as written ([`Tail`]).
+    tail: Arc<Tail>,
     /// Requests to the writer thread; `None` only while dropping.
     requests: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
+}
+
+/// Bytes of the newest log records kept in memory ([`Tail`]).
+const TAIL_BYTES: usize = 4 << 20;
+
+/// The newest log records as the writer encoded them, in sequence order without gaps, up to
+/// [`TAIL_BYTES`]: a reader of the log's end (the projector, a subscription) takes them from
+/// here instead of reading back pages the writer has just written (and the small cache has
+/// mostly let go of). Only committed records are in it: the writer adds a group's records
+/// after its commit and before it moves the tip.
+#[derive(Default)]
+struct Tail {
+    records: std::sync::RwLock<TailRecords>,
+}
+
+#[derive(Default)]
+struct TailRecords {
+    /// Sequence of the first record held.
+    first: u64,
+    records: std::collections::VecDeque<Box<[u8]>>,
+    bytes: usize,
+}
+
+impl Tail {
+    /// Adds the records of a committed group, `first` being the sequence of the first one.
+    fn extend(&self, first: u64, group: Vec<Box<[u8]>>) {
+        if group.is_empty() {
+            return;
+        }
+        let mut tail = self.records.write().unwrap_or_else(|p| p.into_inner());
+        if tail.records.is_empty() || tail.first + tail.records.len() as u64 != first {
+            tail.records.clear();
+            tail.bytes = 0;
+            tail.first = first;
+        }
+        for record in group {
+            tail.bytes += record.len();
+            tail.records.push_back(record);
+        }
+        while tail.bytes > TAIL_BYTES && tail.records.len() > 1 {
+            let dropped = tail.records.pop_front().map_or(0, |r| r.len());
+            tail.bytes -= dropped;
+            tail.first += 1;
+        }
+    }
+
+    /// Records `start..=tip` (at most `max`) if the tail holds `start`; `None` when it does not.
+    fn read(&self, start: u64, tip: u64, max: usize) -> Option<Result<Vec<RecordedEvent>, StoreError>> {
+        let tail = self.records.read().unwrap_or_else(|p| p.into_inner());
+        if start < tail.first || start >= tail.first + tail.records.len() as u64 {
+            return None;
+        }
+        let skip = usize::try_from(start - tail.first).ok()?;
+        let count = usize::try_from(tip.saturating_sub(start).saturating_add(1))
+            .unwrap_or(usize::MAX)
+            .min(max);
+        let out: Result<Vec<_>, _> = (start..)
+            .zip(tail.records.iter().skip(skip).take(count))
+            .map(|(sequence, record)| record::decode(sequence, record))
+            .collect();
+        Some(out)
+    }
 }
 
 fn stream_key(stream: &str, suffix: &[u8]) -> Vec<u8> {
@@ -237,6 +301,7 @@ impl EmbeddedStore {
         let db = Arc::new(db);
         let (tip_tx, tip) = watch::channel(last);
         let durable = Arc::new(AtomicU64::new(last));
+        let tail = Arc::new(Tail::default());
         let (requests, queue) = mpsc::channel();
         let writer = Writer {
             db: Arc::clone(&db),
@@ -244,6 +309,7 @@ impl EmbeddedStore {
             last_sequence: last,
             tip: tip_tx,
             durable: Arc::clone(&durable),
+            tail: Arc::clone(&tail),
             undurable_since: None,
         };
         let writer = std::thread::Builder::new()
@@ -257,6 +323,7 @@ impl EmbeddedStore {
                 heads,
                 tip,
                 durable,
+                tail,
                 requests: Some(requests),
                 writer: Some(writer),
             }),
@@ -384,6 +451,7 @@ struct Writer {
     last_sequence: u64,
     tip: watch::Sender<u64>,
     durable: Arc<AtomicU64>,
+    tail: Arc<Tail>,
     /// When the oldest commit not yet durable was made.
     undurable_since: Option<Instant>,
 }
@@ -463,11 +531,13 @@ impl Writer {
         }
         let mut sequence = self.last_sequence + 1;
         let mut pending: HashMap<String, Head> = HashMap::new();
+        let mut written: Vec<Box<[u8]>> = Vec::new();
         let appended = (|| {
             let mut tables = Tables {
                 heads: &self.heads,
                 write: &write,
                 pending: &mut pending,
+                written: &mut written,
                 log: write.open_table(LOG)?,
                 index: write.open_table(INDEX)?,
                 ids: write.open_table(IDS)?,
@@ -537,6 +607,7 @@ impl Writer {
                 self.heads.finish_merge(state);
             }
         }
+        self.tail.extend(self.last_sequence + 1, written);
         self.last_sequence = sequence - 1;
         tell_committed(group, &results);
         self.tip.send_replace(self.last_sequence);
@@ -574,6 +645,8 @@ struct Tables<'t> {
     write: &'t redb::WriteTransaction,
     /// Heads this group changed (into the memtable after the commit).
     pending: &'t mut HashMap<String, Head>,
+    /// The records this group wrote, in sequence order (into the [`Tail`] after the commit).
+    written: &'t mut Vec<Box<[u8]>>,
     log: redb::Table<'t, u64, &'static [u8]>,
     index: redb::Table<'t, &'static [u8], u64>,
     ids: redb::Table<'t, &'static [u8], u64>,
@@ -670,6 +743,7 @@ impl Tables<'_> {
             buf.clear();
             record::encode(buf, stream, revision, recorded_at_us, event, &keys);
             self.log.insert(*sequence, buf.as_slice())?;
+            self.written.push(buf.as_slice().into());
             for key in &keys {
                 self.take(key, &event.event_id, *sequence);
             }
@@ -722,6 +796,9 @@ impl Inner {
         let tip = *self.tip.borrow();
         if start > tip {
             return Ok(Vec::new());
+        }
+        if let Some(recent) = self.tail.read(start, tip, max) {
+            return recent;
         }
         let read = self.db.begin_read().map_err(io("read the global log"))?;
         let log = read.open_table(LOG).map_err(io("open the global log"))?;
@@ -1155,6 +1232,62 @@ mod tests {
             data: vec![n as u8],
             metadata: Vec::new(),
         }
+    }
+
+    /// The log's end is read from the writer's tail of recent records, the rest from the
+    /// file: both give the same events, across the tail's start and after a reopen (no tail).
+    #[tokio::test]
+    async fn the_tail_of_recent_records_reads_as_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = |n: u128| NewEvent {
+            data: vec![n as u8; 64 << 10],
+            ..new_event(n)
+        };
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        // 160 events of 64 KiB: the tail (4 MiB) holds the last ~64 of them.
+        for chunk in 0..16u128 {
+            let events = (0..10).map(|i| big(chunk * 10 + i + 1)).collect();
+            store
+                .append(&format!("s-{chunk}"), ExpectedRevision::NoStream, events)
+                .await
+                .unwrap();
+        }
+        let held = store.inner.tail.records.read().unwrap().first;
+        assert!(held > 1 && held < 160, "the tail starts at {held}");
+        let read_all = |store: &EmbeddedStore| {
+            let store = store.clone();
+            async move {
+                let mut out = Vec::new();
+                let mut after = None;
+                loop {
+                    let events = store.read_all(after, 7).await.unwrap();
+                    let Some(last) = events.last() else { break };
+                    after = Some(last.position);
+                    out.extend(
+                        events
+                            .into_iter()
+                            .map(|e| (e.position.commit, e.stream, e.revision, e.event_id, e.data)),
+                    );
+                }
+                out
+            }
+        };
+        let served = read_all(&store).await;
+        assert_eq!(served.len(), 160);
+        for (i, (sequence, stream, revision, id, data)) in served.iter().enumerate() {
+            let n = i as u128 + 1;
+            assert_eq!(*sequence, n as u64);
+            assert_eq!(
+                (stream.as_str(), *revision),
+                (format!("s-{}", i / 10).as_str(), (i % 10) as u64)
+            );
+            assert_eq!((*id, data.as_slice()), (big(n).event_id, big(n).data.as_slice()));
+        }
+        store.sync().await.unwrap();
+        drop(store);
+        let reopened = EmbeddedStore::open(dir.path()).unwrap();
+        assert!(reopened.inner.tail.records.read().unwrap().records.is_empty());
+        assert_eq!(read_all(&reopened).await, served);
     }
 
     /// A file of layout 4 (records without claims: its identifier claims are streams of
