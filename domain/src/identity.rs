@@ -62,8 +62,13 @@ pub fn key(id: &Identifier) -> String {
 
 /// The reservation stream that decides who owns an identifier.
 pub fn reservation_stream(id: &Identifier) -> String {
-    let digest = Sha256::digest(key(id).as_bytes());
-    format!("identity-{}-{}", id.kind, hex::encode(&digest[..16]))
+    reservation_of_key(&id.kind, &key(id))
+}
+
+/// [`reservation_stream`] of an identifier of `kind` whose [`key`] is `key`.
+pub fn reservation_of_key(kind: &str, key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    format!("identity-{kind}-{}", hex::encode(&digest[..16]))
 }
 
 /// Stream of a customer.

@@ -123,6 +123,16 @@ pub fn is_empty(r: &Record) -> bool {
     Field::ALL.iter().all(|f| r.get(*f).is_none())
 }
 
+/// What applying a new customer's activity changes in the matching state, worked out when
+/// it was decided ([`MatchState::best_new_candidate`]) so the catch-up does not normalise
+/// its identifiers and record again.
+#[derive(Debug)]
+pub struct PreparedActivity {
+    /// Keys of its identifiers not marked shared, in its subject's order.
+    keys: Vec<String>,
+    prepared: matching::Prepared,
+}
+
 /// The best candidate for a record, resolved to its live customer.
 #[derive(Debug, Clone)]
 pub struct Candidate {
@@ -307,11 +317,49 @@ impl MatchState {
     /// Applies the event at `position` as known without reading it back: `event` is what
     /// was appended there (`None`: an event [`MatchState::relevant`] says it ignores).
     /// Equal to [`MatchState::apply`] of the recorded event, without decoding it.
-    pub fn apply_known(&mut self, position: GlobalPosition, event: Option<&CustomerEvent>) {
+    pub fn apply_known(
+        &mut self,
+        position: GlobalPosition,
+        event: Option<&CustomerEvent>,
+        worked_out: Option<PreparedActivity>,
+    ) {
         self.after = Some(position);
-        if let Some(event) = event {
-            self.apply_event(event);
+        match (event, worked_out) {
+            // What the decision worked out is what applying the event would: unless one of
+            // its identifiers has been marked shared since (the set only grows).
+            (Some(CustomerEvent::ActivityRecorded(a)), Some(w)) if !w.keys.iter().any(|k| self.shared.contains(k)) => {
+                self.add_companions_of(&w.keys);
+                self.index.upsert_prepared(&a.customer_id, w.prepared);
+            }
+            (Some(event), _) => self.apply_event(event),
+            (None, _) => {}
         }
+    }
+
+    /// What applying a new customer's activity will change, worked out with its scoring
+    /// ([`MatchState::best_new_candidate`]): `in_order` are the activity's identifiers that
+    /// normalise, in the order its subject gives them, with their keys.
+    pub fn best_new_candidate(
+        &self,
+        subject: Option<&SubjectData>,
+        in_order: &[(String, Identifier)],
+        record: &Record,
+        exclude: &str,
+    ) -> (Option<Candidate>, Option<PreparedActivity>) {
+        let prepared = self.index.prepare(record);
+        let best = if is_empty(record) {
+            None
+        } else {
+            self.best_of(self.index.score_prepared_record(&prepared), exclude)
+        };
+        // As `apply_event` will see it: the identifiers not marked shared, in the subject's order.
+        let kept: Vec<&(String, Identifier)> = in_order.iter().filter(|(k, _)| !self.shared.contains(k)).collect();
+        let update = record_of(subject, &kept.iter().map(|(_, id)| id).collect::<Vec<_>>());
+        let worked_out = (update == *record && !is_empty(record)).then(|| PreparedActivity {
+            keys: kept.iter().map(|(k, _)| k.clone()).collect(),
+            prepared,
+        });
+        (best, worked_out)
     }
 
     /// Whether applying `event` changes anything (the others only move the position).
@@ -331,10 +379,7 @@ impl MatchState {
                     .filter(|i| !self.shared.contains(&identity::key(i)))
                     .collect();
                 let keys: Vec<String> = ids.iter().map(identity::key).collect();
-                for k in &keys {
-                    let others: Vec<u64> = keys.iter().filter(|o| *o != k).map(|o| key_hash(o)).collect();
-                    self.add_companions(k, &others);
-                }
+                self.add_companions_of(&keys);
                 let update = record_of(subject, &ids.iter().collect::<Vec<_>>());
                 if !is_empty(&update) {
                     self.index.upsert(&a.customer_id, &update);
@@ -364,6 +409,14 @@ impl MatchState {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Each of `keys` was seen with the others.
+    fn add_companions_of(&mut self, keys: &[String]) {
+        for k in keys {
+            let others: Vec<u64> = keys.iter().filter(|o| *o != k).map(|o| key_hash(o)).collect();
+            self.add_companions(k, &others);
         }
     }
 

@@ -34,7 +34,7 @@ use store::{EventStore, ExpectedRevision, GlobalPosition, StoreError};
 
 use crate::events::CustomerEvent;
 use crate::identity::{self, IdentifierError};
-use crate::matcher::{self, Candidate, MatchState, MatchingConfig};
+use crate::matcher::{self, Candidate, MatchState, MatchingConfig, PreparedActivity};
 
 /// How many times a decision is retried after losing an optimistic-concurrency race.
 const MAX_ATTEMPTS: usize = 8;
@@ -226,24 +226,25 @@ pub(crate) async fn append_typed(
     expected: ExpectedRevision,
     events: Vec<(CustomerEvent, uuid::Uuid)>,
 ) -> Result<store::AppendOutcome, StoreError> {
-    append_claiming(store, own, stream, expected, events, Vec::new()).await
+    append_claiming(store, own.map(|own| (own, None)), stream, expected, events, Vec::new()).await
 }
 
-/// [`append_typed`] that also claims identifiers ([`EventStore::append_claiming`]).
+/// [`append_typed`] that also claims identifiers ([`EventStore::append_claiming`]); the
+/// activity among `events` is noted with what its decision worked out for the matching state.
 async fn append_claiming(
     store: &Arc<dyn EventStore>,
-    own: Option<&Arc<OwnAppends>>,
+    own: Option<(&Arc<OwnAppends>, Option<PreparedActivity>)>,
     stream: &str,
     expected: ExpectedRevision,
     events: Vec<(CustomerEvent, uuid::Uuid)>,
     claims: Vec<store::Claim>,
 ) -> Result<store::AppendOutcome, StoreError> {
     let new: Vec<_> = events.iter().map(|(e, id)| e.to_new(*id)).collect();
-    let on_commit = own.map(|own| {
+    let on_commit = own.map(|(own, worked_out)| {
         // Noted when committed: before the catch-up can meet these events in the log.
         let (own, noting) = (own.clone(), store.clone());
         Box::new(move |out: &store::AppendOutcome| {
-            own.note(noting.as_ref(), out, events.into_iter().map(|(e, _)| e));
+            own.note(noting.as_ref(), out, events.into_iter().map(|(e, _)| e), worked_out);
         }) as store::OnCommit
     });
     store.append_claiming(stream, expected, new, claims, on_commit).await
@@ -258,8 +259,12 @@ async fn append_claiming(
 /// log as before. A pure function of the log still: a noted event is the one at its position.
 #[derive(Default)]
 pub struct OwnAppends {
-    events: std::sync::Mutex<BTreeMap<GlobalPosition, Option<CustomerEvent>>>,
+    events: std::sync::Mutex<BTreeMap<GlobalPosition, Noted>>,
 }
+
+/// A noted event ([`MatchState::relevant`] ones only) and, for a new customer's activity,
+/// what its decision worked out for the matching state.
+type Noted = Option<(CustomerEvent, Option<PreparedActivity>)>;
 
 /// Most events noted and not yet applied; past it the notes are dropped (read back instead),
 /// so a long run of decisions that never catch up cannot grow memory.
@@ -271,6 +276,7 @@ impl OwnAppends {
         store: &dyn EventStore,
         out: &store::AppendOutcome,
         events: impl ExactSizeIterator<Item = CustomerEvent>,
+        mut worked_out: Option<PreparedActivity>,
     ) {
         let n = events.len();
         let Some(last) = out.position else { return };
@@ -285,11 +291,15 @@ impl OwnAppends {
             let Some(position) = store.position_at(Some(last), i as i64 + 1 - n as i64) else {
                 return;
             };
-            noted.insert(position, MatchState::relevant(&event).then_some(event));
+            let prepared = match event {
+                CustomerEvent::ActivityRecorded(_) => worked_out.take(),
+                _ => None,
+            };
+            noted.insert(position, MatchState::relevant(&event).then_some((event, prepared)));
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<GlobalPosition, Option<CustomerEvent>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<GlobalPosition, Noted>> {
         self.events.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -312,7 +322,8 @@ impl OwnAppends {
                     None => return None,
                 }
             };
-            state.apply_known(next, event.as_ref());
+            let (event, worked_out) = event.map_or((None, None), |(e, w)| (Some(e), w));
+            state.apply_known(next, event.as_ref(), worked_out);
         }
     }
 }
@@ -507,12 +518,18 @@ impl CustomerService {
 
         // Normalise; unusable identifiers are reported, never matched on.
         let mut identifiers: BTreeMap<String, Identifier> = BTreeMap::new();
+        // The same, in the subject's order and with repeats (as the matching state reads them).
+        let mut in_order: Vec<(String, Identifier)> = Vec::new();
         let mut unusable = Vec::new();
         let raws = subject.map(|s| s.identifiers.as_slice()).unwrap_or_default();
         for raw in raws {
             match identity::normalise(raw, self.config.default_region) {
                 Ok(id) => {
-                    identifiers.entry(identity::key(&id)).or_insert(id);
+                    let key = identity::key(&id);
+                    if matching.enabled {
+                        in_order.push((key.clone(), id.clone()));
+                    }
+                    identifiers.entry(key).or_insert(id);
                 }
                 Err(e @ IdentifierError::MissingScope { .. }) | Err(e @ IdentifierError::Value(_)) => {
                     unusable.push(format!("{}={:?}: {e}", raw.kind, raw.value))
@@ -531,9 +548,13 @@ impl CustomerService {
         }
 
         // Who owns what.
+        let reservations: BTreeMap<String, String> = identifiers
+            .iter()
+            .map(|(key, id)| (key.clone(), identity::reservation_of_key(&id.kind, key)))
+            .collect();
         let mut claims: BTreeMap<String, Option<Claim>> = BTreeMap::new();
-        for (key, id) in &identifiers {
-            claims.insert(key.clone(), self.claim_of(&identity::reservation_stream(id)).await?);
+        for (key, reservation) in &reservations {
+            claims.insert(key.clone(), self.claim_of(reservation).await?);
         }
         let mut appended = 0;
 
@@ -590,8 +611,7 @@ impl CustomerService {
             if let Some(c) = claim
                 && c.customer != new_id
             {
-                let via = identity::reservation_stream(&identifiers[key]);
-                let l = live_customer(self.store.as_ref(), &c.customer, &via).await?;
+                let l = live_customer(self.store.as_ref(), &c.customer, &reservations[key]).await?;
                 if !live.iter().any(|x| x.id == l.id) {
                     live.push(l);
                 }
@@ -605,10 +625,12 @@ impl CustomerService {
             matcher::record_of(subject, &ids)
         };
         let mut probabilistic = Probabilistic::Distinct;
+        let mut worked_out = None;
         if live.is_empty() && matching.enabled {
             let state = self.matching_state().await?;
             let started = std::time::Instant::now();
-            let best = state.best_candidate(&record, &new_id);
+            let best;
+            (best, worked_out) = state.best_new_candidate(subject, &in_order, &record, &new_id);
             emit::scored(started.elapsed());
             if let Some(c) = best {
                 probabilistic = if !c.is_merge() {
@@ -714,7 +736,7 @@ impl CustomerService {
                         provenance: Some(provenance.clone()),
                     });
                     to_claim.push(store::Claim {
-                        key: identity::reservation_stream(id),
+                        key: reservations[key].clone(),
                         by: customer_events.len(),
                         marker: marker.to_new(event_id(&inbound_id, &format!("claim/{key}"))),
                     });
@@ -737,7 +759,8 @@ impl CustomerService {
             ExpectedRevision::StreamExists
         };
         let stream = identity::customer_stream(&customer_id);
-        let out = append_claiming(&self.store, self.own(), &stream, expected, customer_events, to_claim).await?;
+        let noting = self.own().map(|own| (own, worked_out));
+        let out = append_claiming(&self.store, noting, &stream, expected, customer_events, to_claim).await?;
         appended += out.appended;
         let created = creating && out.appended > 0 && !redelivered_new;
 

@@ -28,7 +28,7 @@ mod train;
 pub use compare::level_labels;
 pub use error::MatchError;
 pub use generate::{GenerateSummary, generate, generate_with_truth};
-pub use live::{Decision, LiveIndex, ScoredCandidate};
+pub use live::{Decision, LiveIndex, Prepared, ScoredCandidate};
 pub use model::{Comparison, Explanation, FieldEvidence, Level, Model, Thresholds};
 pub use record::{FIELD_COUNT, Field, Record};
 pub use train::TrainingReport;

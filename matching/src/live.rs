@@ -27,6 +27,10 @@ pub enum Decision {
     Distinct,
 }
 
+/// A record normalised once to be scored and then stored ([`LiveIndex::prepare`]).
+#[derive(Debug, Clone)]
+pub struct Prepared(PreparedRecord);
+
 /// One known customer scored against an incoming record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ScoredCandidate {
@@ -269,10 +273,32 @@ impl LiveIndex {
         self.put(id, prepared);
     }
 
+    /// Normalises `record` once for [`LiveIndex::score_prepared_record`] and
+    /// [`LiveIndex::upsert_prepared`] (a new customer is scored, then stored).
+    pub fn prepare(&self, record: &Record) -> Prepared {
+        Prepared(self.store.prepare(record, &ALL_FIELDS))
+    }
+
+    /// [`LiveIndex::score_candidates`] of a prepared record.
+    pub fn score_prepared_record(&self, record: &Prepared) -> Vec<ScoredCandidate> {
+        self.score_prepared(&record.0)
+    }
+
+    /// [`LiveIndex::upsert`] of a prepared record (the same result, without normalising
+    /// it again).
+    pub fn upsert_prepared(&mut self, id: &str, update: Prepared) {
+        let prepared = self.over_base(id, update.0);
+        self.put(id, prepared);
+    }
+
     /// `update` normalised, with `base`'s stored entries for the fields it lacks (`update`
     /// alone when `base` is unknown).
     fn overlaid(&self, base: &str, update: &Record) -> PreparedRecord {
-        let mut prepared = self.store.prepare(update, &ALL_FIELDS);
+        self.over_base(base, self.store.prepare(update, &ALL_FIELDS))
+    }
+
+    /// `prepared` with `base`'s stored entries for the fields it lacks.
+    fn over_base(&self, base: &str, mut prepared: PreparedRecord) -> PreparedRecord {
         if let Some(slot) = self.slot_of(base) {
             let row = &self.slots[slot as usize].row;
             for (field, entry) in prepared.iter_mut().zip(self.store.view(row)) {
