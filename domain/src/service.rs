@@ -263,8 +263,9 @@ pub struct OwnAppends {
 }
 
 /// A noted event ([`MatchState::relevant`] ones only) and, for a new customer's activity,
-/// what its decision worked out for the matching state.
-type Noted = Option<(CustomerEvent, Option<PreparedActivity>)>;
+/// what its decision worked out for the matching state. Boxed: the map's inserts and
+/// removals shift entries within a node, and an activity is several hundred bytes.
+type Noted = Option<Box<(CustomerEvent, Option<PreparedActivity>)>>;
 
 /// Most events noted and not yet applied; past it the notes are dropped (read back instead),
 /// so a long run of decisions that never catch up cannot grow memory.
@@ -295,7 +296,10 @@ impl OwnAppends {
                 CustomerEvent::ActivityRecorded(_) => worked_out.take(),
                 _ => None,
             };
-            noted.insert(position, MatchState::relevant(&event).then_some((event, prepared)));
+            noted.insert(
+                position,
+                MatchState::relevant(&event).then(|| Box::new((event, prepared))),
+            );
         }
     }
 
@@ -322,7 +326,10 @@ impl OwnAppends {
                     None => return None,
                 }
             };
-            let (event, worked_out) = event.map_or((None, None), |(e, w)| (Some(e), w));
+            let (event, worked_out) = event.map_or((None, None), |noted| {
+                let (e, w) = *noted;
+                (Some(e), w)
+            });
             state.apply_known(next, event.as_ref(), worked_out);
         }
     }

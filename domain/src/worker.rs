@@ -118,7 +118,8 @@ impl DomainWorker {
                 }
             } else {
                 let started = Instant::now();
-                let handled = self.handle(&batch).await;
+                let positions = batch.iter().map(|d| d.position).collect();
+                let handled = self.handle(batch).await;
                 // The previous batch is committed whatever became of this one.
                 let finished = match pending.take() {
                     Some(p) => self.finish(p, consumer.as_mut()).await,
@@ -126,7 +127,7 @@ impl DomainWorker {
                 };
                 let outcome = finished.and(handled);
                 if outcome.is_ok() {
-                    pending = Some(self.start_sync(&batch, started));
+                    pending = Some(self.start_sync(positions, started));
                 }
                 outcome
             };
@@ -155,11 +156,11 @@ impl DomainWorker {
 
     /// Starts making a handled batch's appends durable (the sync runs while the next batch
     /// is handled: the store writer and the domain keep busy meanwhile).
-    fn start_sync(&self, batch: &[Delivery], started: Instant) -> Pending {
+    fn start_sync(&self, positions: Vec<bus::Position>, started: Instant) -> Pending {
         let store = self.service.store().clone();
         Pending {
             sync: tokio::spawn(async move { store.sync().await }),
-            positions: batch.iter().map(|d| d.position).collect(),
+            positions,
             started,
         }
     }
@@ -196,13 +197,13 @@ impl DomainWorker {
     ///
     /// Events whose identifiers do not overlap (directly or through other events of the
     /// batch) are independent: they are handled concurrently, each lane in bus order.
-    async fn handle(&self, batch: &[Delivery]) -> Result<(), DomainError> {
+    async fn handle(&self, batch: Vec<Delivery>) -> Result<(), DomainError> {
         let mut decoded = Vec::with_capacity(batch.len());
         for delivery in batch {
             let schema = delivery.record.header(bus::HEADER_SCHEMA).unwrap_or_default();
             match InboundEvent::decode(schema, &delivery.record.payload) {
-                Ok(e) => decoded.push((delivery.clone(), e)),
-                Err(e) => dead_letter(self.bus.as_ref(), delivery, &e.to_string()).await?,
+                Ok(e) => decoded.push((delivery, e)),
+                Err(e) => dead_letter(self.bus.as_ref(), &delivery, &e.to_string()).await?,
             }
         }
         let lanes = independent_lanes(&decoded, self.service.config().default_region);
