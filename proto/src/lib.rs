@@ -149,14 +149,42 @@ pub fn now_us() -> i64 {
 /// Namespace for every deterministic id the platform derives (UUIDv5).
 pub const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f0c_2a1e_8d1b_4c55_9a53_2f4c_7a6b_e201);
 
-/// A deterministic id derived from a name (UUIDv5 in the platform namespace).
+/// A deterministic id derived from a name (UUIDv5 in the platform namespace). The same id
+/// as `Uuid::new_v5`, hashed with the `sha1` crate, which uses the CPU's SHA instructions
+/// where there are some (`uuid`'s portable SHA-1 was ~1.3% of a million-row import's CPU:
+/// every customer event's id is derived).
 pub fn derived_id(name: &str) -> uuid::Uuid {
-    uuid::Uuid::new_v5(&ID_NAMESPACE, name.as_bytes())
+    use sha1::Digest;
+    let mut hash = sha1::Sha1::new();
+    hash.update(ID_NAMESPACE.as_bytes());
+    hash.update(name.as_bytes());
+    let digest = hash.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_sha1_bytes(bytes).into_uuid()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_ids_are_the_uuid_v5_of_the_name() {
+        for name in [
+            "",
+            "a",
+            "customer/e1",
+            "张伟/attach/phone::+8613800138000",
+            &"x".repeat(200),
+        ] {
+            assert_eq!(
+                derived_id(name),
+                uuid::Uuid::new_v5(&ID_NAMESPACE, name.as_bytes()),
+                "{name}"
+            );
+        }
+        assert_eq!(derived_id("e1/register").get_version_num(), 5);
+    }
 
     #[test]
     fn decode_round_trips_and_rejects_unknown_schema() {
