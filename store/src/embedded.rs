@@ -339,6 +339,11 @@ impl EmbeddedStore {
     pub fn head_runs(&self) -> usize {
         self.inner.heads.run_count()
     }
+
+    /// Whether a flush of stream heads into a run is in progress (for tests).
+    pub fn heads_flushing(&self) -> bool {
+        self.inner.heads.flushing()
+    }
 }
 
 /// Earlier versions kept the store in a sled database in the same directory.
@@ -465,11 +470,7 @@ impl Writer {
                 BACKGROUND_SYNC.saturating_sub(t.elapsed())
             });
             // A merge of heads in progress goes on while no appends come.
-            let wait = if self.heads.merging() {
-                wait.min(MERGE_IDLE)
-            } else {
-                wait
-            };
+            let wait = if self.heads.busy() { wait.min(MERGE_IDLE) } else { wait };
             let first = match queue.recv_timeout(wait) {
                 Ok(first) => Some(first),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
@@ -557,14 +558,11 @@ impl Writer {
                 return failed(io("write the appends")(e));
             }
         };
-        // The heads: a flush of the memtable when it is full, a slice of a merge if one runs.
+        // The heads: a slice of the flush of a frozen memtable and of a merge, if they run.
         let merging = self.heads.merging();
         let maintained = (|| {
             let mut meta = write.open_table(META).map_err(io("open the meta table"))?;
-            let flushed = match self.heads.flush_due(pending.len(), sequence - 1) {
-                true => Some(self.heads.flush(&write, &pending, sequence - 1, &mut meta)?),
-                false => None,
-            };
+            let flushed = self.heads.flush_step(&write, &mut meta)?;
             if !merging {
                 self.heads.plan_merge(&mut meta)?;
             }
@@ -577,10 +575,11 @@ impl Writer {
             Err(e) => {
                 let _ = write.abort();
                 self.heads.abandon_merge();
+                self.heads.restart_flush();
                 return failed(e);
             }
         };
-        let heads_work = flushed.is_some() || self.heads.merging();
+        let heads_work = flushed || self.heads.busy();
         if sequence == self.last_sequence + 1 && !heads_work && (!durable || self.undurable_since.is_none()) {
             let _ = write.abort();
             tell_committed(group, &results);
@@ -592,19 +591,25 @@ impl Writer {
         {
             // Readers begin their snapshots under the read lock: while the runs change, they
             // wait for the commit, so their runs and snapshot agree.
-            let mut state = (flushed.is_some() || merged).then(|| self.heads.write_state());
+            let mut state = (flushed || merged).then(|| self.heads.write_state());
             if let Err(e) = write.commit() {
                 drop(state);
                 self.heads.abandon_merge();
+                self.heads.restart_flush();
                 return failed(io("commit the appends")(e));
             }
             let state = state.get_or_insert_with(|| self.heads.write_state());
-            match flushed {
-                Some(run) => self.heads.install(state, run),
-                None => state.memtable.extend(pending),
+            state.memtable.extend(pending);
+            if flushed {
+                self.heads.finish_flush(state);
             }
             if merged {
                 self.heads.finish_merge(state);
+            }
+            // A full memtable is frozen here, after the commit, and written into a run by
+            // the next groups' slices.
+            if self.heads.flush_due(state, sequence - 1) {
+                self.heads.freeze(state, sequence - 1);
             }
         }
         self.tail.extend(self.last_sequence + 1, written);

@@ -294,6 +294,7 @@ fn tiny() -> store::embedded::HeadsTuning {
         flush_at: 5,
         fanout: 2,
         merge_step: 8,
+        flush_step: 2,
     }
 }
 
@@ -429,6 +430,44 @@ async fn heads_in_memory_at_a_crash_are_read_back_from_the_log() {
     check_streams(&default, &expected).await;
     let err = default
         .append(&streams(5), ExpectedRevision::NoStream, vec![event(9)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, store::StoreError::WrongExpectedRevision { .. }), "{err}");
+}
+
+const FLUSH_CRASH_ENV: &str = "CRM_STORE_FLUSH_CRASH_CHILD_DIR";
+
+/// A crash while a flush is writing the frozen memtable into a run, a slice per group: the
+/// half-written run is dropped at the open and its heads are read back from the log.
+#[tokio::test]
+async fn heads_of_a_flush_cut_short_by_a_crash_are_read_back_from_the_log() {
+    let streams = |i: u32| format!("identity-phone-{i:04x}");
+    if let Ok(dir) = std::env::var(FLUSH_CRASH_ENV) {
+        let store = open_tiny(std::path::Path::new(&dir));
+        for i in 0..1000 {
+            store
+                .append(&streams(i), ExpectedRevision::NoStream, vec![event(i)])
+                .await
+                .expect("append");
+            store.sync().await.expect("sync");
+            // Past a few flushes and merges, and with a flush half-written.
+            if i >= 40 && store.heads_flushing() {
+                std::process::abort();
+            }
+        }
+        panic!("no flush was in progress after a sync");
+    }
+    let dir = abort_in_child(
+        "heads_of_a_flush_cut_short_by_a_crash_are_read_back_from_the_log",
+        FLUSH_CRASH_ENV,
+    );
+    let store = open_tiny(dir.path());
+    let all = store.read_all(None, usize::MAX).await.expect("read the log");
+    assert!(all.len() > 40, "the child appended {} events", all.len());
+    let expected: Vec<(String, Vec<u32>)> = (0..all.len() as u32).map(|i| (streams(i), vec![i])).collect();
+    check_streams(&store, &expected).await;
+    let err = store
+        .append(&streams(3), ExpectedRevision::NoStream, vec![event(9)])
         .await
         .unwrap_err();
     assert!(matches!(err, store::StoreError::WrongExpectedRevision { .. }), "{err}");
