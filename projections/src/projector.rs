@@ -853,10 +853,14 @@ impl Projector {
                     o.put(k, Vec::new());
                 }
                 let Some(view) = o.view(&id)? else { return Ok(()) };
+                // A view with an entry of this channel has its channel key already (merges
+                // and splits move both): writing it again would dirty a page for nothing.
+                let new_channel = !view.channels.iter().any(|c| c.channel == source.channel);
                 let entry = record_activity(view, a, &source, region);
-                let channel = source.channel.clone();
                 o.put(timeline_key(&id, entry.at_us, &entry.event_id), encode(&id, &entry)?);
-                o.put(channel_key(&channel, &id), Vec::new());
+                if new_channel {
+                    o.put(channel_key(&source.channel, &id), Vec::new());
+                }
             }
             CustomerEvent::Merged(m) => {
                 let survivor = o.resolve(&m.survivor_id)?;
@@ -1525,6 +1529,13 @@ mod tests {
         let (c1, c2) = (id("e1"), id("e2"));
         assert_eq!(w.projector.views().resolve(&c2).unwrap(), c1);
         assert_eq!(w.timeline(&c1).len(), 4);
+        let by_channel = |w: &World| w.projector.views().customer_ids(None, Some("web-form"), 10).unwrap();
+        assert_eq!(
+            by_channel(&never_merged),
+            vec![c2.clone()],
+            "a new customer is on its channel"
+        );
+        assert_eq!(by_channel(&w), vec![c1.clone()], "merged: one customer on the channel");
 
         IdentityCommands::new(w.store.clone())
             .split(&c1, &c2, "two people behind one phone", "alice")
@@ -1536,6 +1547,9 @@ mod tests {
         assert_eq!(w.timeline(&c2), vec!["e2".to_string()]);
         assert_eq!(w.timeline(&c1), vec!["e4", "e3", "e1"]);
         assert_eq!(w.projector.views().resolve(&c2).unwrap(), c2);
+        let mut both = vec![c1.clone(), c2.clone()];
+        both.sort();
+        assert_eq!(by_channel(&w), both, "split: both customers on the channel again");
         let by_email = w
             .projector
             .views()
