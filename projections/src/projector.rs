@@ -219,7 +219,8 @@ fn decode<T: serde::de::DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, Pro
     let from_postcard = |bytes: &[u8]| {
         postcard::from_bytes(bytes).map_err(|e| {
             corrupt(format!(
-                "it does not decode as a {}: {e} (rebuild the views with `crm replay`)",
+                "it does not decode as a {}: {e} (views are rebuilt from the event store: stop crm, \
+                 remove the data directory's `views` folder and start it again)",
                 std::any::type_name::<T>().rsplit("::").next().unwrap_or("value")
             ))
         })
@@ -242,14 +243,15 @@ fn decode<T: serde::de::DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, Pro
 const COMPRESS_FROM: usize = 256;
 
 /// A value as stored: postcard behind a format byte, LZ4-compressed when longer than
-/// [`COMPRESS_FROM`] bytes. Views repeat each field's source (event id, channel, time), so
-/// they shrink about 2.4 times more. Postcard is the fields in declaration order without
-/// their names: the layout of the stored types (`view.rs`) is the storage format, and a
-/// change to it needs a new format byte (and the old one still read, or a rebuild);
-/// `stored_values_of_this_layout_still_decode` fails on such a change. Against LZ4-compressed
-/// JSON, a million-row import's views are half the bytes, written in about a third of the time.
+/// [`COMPRESS_FROM`] bytes (views repeat each field's source: event id, channel, time).
+/// Postcard is the fields in declaration order without their names: the layout of the
+/// stored types (`view.rs`) is the storage format, and a change to it needs a new format
+/// byte (and the old one still read, or a rebuild); `stored_values_of_this_layout_still_decode`
+/// fails on such a change. A view of an imported row: 1,937 bytes of JSON, 677 compressed,
+/// against 824 bytes of postcard, 349 compressed; 0.8 µs to write instead of 2.2, 1.8 µs
+/// to read instead of 4.0.
 fn encode<T: serde::Serialize>(key: &str, value: &T) -> Result<Vec<u8>, ProjectionError> {
-    let mut out = postcard::to_extend(value, vec![POSTCARD]).map_err(|e| ProjectionError::Corrupt {
+    let out = postcard::to_extend(value, vec![POSTCARD]).map_err(|e| ProjectionError::Corrupt {
         key: key.to_string(),
         reason: format!("it cannot be encoded: {e}"),
     })?;
@@ -259,7 +261,6 @@ fn encode<T: serde::Serialize>(key: &str, value: &T) -> Result<Vec<u8>, Projecti
     let mut packed = Vec::with_capacity(1 + 4 + out.len() / 2);
     packed.push(LZ4_POSTCARD);
     packed.extend_from_slice(&lz4_flex::compress_prepend_size(&out[1..]));
-    out.clear();
     Ok(packed)
 }
 
@@ -1820,7 +1821,9 @@ mod tests {
         );
         let err = views.customer("c-cut").unwrap_err().to_string();
         assert!(
-            err.contains("v/c-cut") && err.contains("does not decode as a CustomerView") && err.contains("crm replay"),
+            err.contains("v/c-cut")
+                && err.contains("does not decode as a CustomerView")
+                && err.contains("`views` folder"),
             "a value cut short names its key, what is wrong and what to do: {err}"
         );
     }

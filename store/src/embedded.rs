@@ -469,7 +469,7 @@ impl Writer {
             let wait = self.undurable_since.map_or(Duration::from_secs(3600), |t| {
                 BACKGROUND_SYNC.saturating_sub(t.elapsed())
             });
-            // A merge of heads in progress goes on while no appends come.
+            // A merge or a flush of heads in progress goes on while no appends come.
             let wait = if self.heads.busy() { wait.min(MERGE_IDLE) } else { wait };
             let first = match queue.recv_timeout(wait) {
                 Ok(first) => Some(first),
