@@ -529,18 +529,27 @@ impl Heads {
     /// After the commit that completed a flush: its run replaces the frozen memtable. The
     /// caller holds the state's write lock across that commit and this.
     pub(crate) fn finish_flush(&self, state: &mut State) {
-        let Some(flush) = self.flush.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        // Only a flush whose run was written is finished: one taken without its run would
+        // leave the frozen memtable to be replaced by the next freeze, and its heads lost.
+        let mut guard = self.flush.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(Flush {
+            heads,
+            covered,
+            run: Some((recency, table)),
+            filter,
+            ..
+        }) = guard.take_if(|f| f.run.is_some())
+        else {
             return;
         };
-        let Some((recency, table)) = flush.run else { return };
         state.frozen = None;
-        state.covered = flush.covered;
+        state.covered = covered;
         let mut runs: Vec<Run> = Vec::with_capacity(state.runs.len() + 1);
         runs.push(Run {
             recency,
             table,
-            len: flush.heads.len() as u64,
-            filter: Arc::new(flush.filter),
+            len: heads.len() as u64,
+            filter: Arc::new(filter),
         });
         runs.extend(state.runs.iter().cloned());
         state.runs = Arc::new(runs);
