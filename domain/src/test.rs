@@ -879,6 +879,9 @@ mod hooked {
                 .append_claiming(stream, expected, events, claims, on_commit)
                 .await
         }
+        fn claims_need_markers(&self) -> bool {
+            self.markers || self.inner.claims_need_markers()
+        }
         async fn read_stream(&self, stream: &str, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
             self.inner.read_stream(stream, from, max).await
         }

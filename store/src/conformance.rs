@@ -782,14 +782,17 @@ pub fn claim(key: &str, by: usize, n: u32) -> crate::Claim {
     crate::Claim {
         key: key.to_owned(),
         by,
-        marker,
+        marker: Some(marker),
     }
 }
 
 /// Whether `held` (what `claimant` returned) is the claiming event or its marker.
 fn is_claimant(held: &RecordedEvent, by: &NewEvent, claim: &crate::Claim, stream: &str) -> bool {
     (held.event_id == by.event_id && held.stream == stream && held.data == by.data)
-        || (held.event_id == claim.marker.event_id && held.data == claim.marker.data)
+        || claim
+            .marker
+            .as_ref()
+            .is_some_and(|m| held.event_id == m.event_id && held.data == m.data)
 }
 
 /// `append_claiming` takes a key for one of its events; another append claiming it fails

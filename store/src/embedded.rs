@@ -927,6 +927,11 @@ impl EventStore for EmbeddedStore {
         self.inner.append(stream, expected, events, taken, on_commit).await
     }
 
+    /// Claims are keys of the heads, committed with their events: no marker is written.
+    fn claims_need_markers(&self) -> bool {
+        false
+    }
+
     async fn read_stream(
         &self,
         stream: &str,
@@ -1326,7 +1331,7 @@ mod tests {
                 vec![crate::Claim {
                     key: "identity-email-x".into(),
                     by: 0,
-                    marker: new_event(3),
+                    marker: Some(new_event(3)),
                 }],
                 None,
             )

@@ -123,8 +123,10 @@ pub struct Claim {
     pub by: usize,
     /// What a store that keeps claims as streams of their own writes to stream `key`
     /// (the default [`EventStore::append_claiming`]; KurrentDB). The embedded store writes
-    /// no marker: it points the key at event `by` in the same commit.
-    pub marker: NewEvent,
+    /// no marker: it points the key at event `by` in the same commit. `None` only for a
+    /// store whose [`EventStore::claims_need_markers`] is false (the domain then skips
+    /// building and encoding one per new identifier).
+    pub marker: Option<NewEvent>,
 }
 
 /// The event store port.
@@ -177,6 +179,13 @@ pub trait EventStore: Send + Sync + 'static {
         on_commit: Option<OnCommit>,
     ) -> Result<AppendOutcome, StoreError> {
         claim_with_markers(self, stream, expected, events, claims, on_commit).await
+    }
+
+    /// Whether [`EventStore::append_claiming`] writes each claim's marker (true by default:
+    /// claims kept as streams of their own). A store that indexes claims in the append's
+    /// commit says false, and its callers may leave [`Claim::marker`] out.
+    fn claims_need_markers(&self) -> bool {
+        true
     }
 
     /// The event that holds `key` ([`EventStore::append_claiming`]): the claiming event
@@ -245,10 +254,21 @@ pub async fn claim_with_markers<S: EventStore + ?Sized>(
     claims: Vec<Claim>,
     on_commit: Option<OnCommit>,
 ) -> Result<AppendOutcome, StoreError> {
+    let mut markers = Vec::with_capacity(claims.len());
+    for c in claims {
+        let Some(marker) = c.marker else {
+            return Err(StoreError::Config(format!(
+                "append to {stream}: the claim of {} has no marker, and this store keeps each claim as a \
+                 marker stream; nothing was written (build markers when claims_need_markers() is true)",
+                c.key
+            )));
+        };
+        markers.push((c.key, marker));
+    }
     let marked = futures::future::try_join_all(
-        claims
+        markers
             .into_iter()
-            .map(|c| async move { store.append(&c.key, ExpectedRevision::NoStream, vec![c.marker]).await }),
+            .map(|(key, marker)| async move { store.append(&key, ExpectedRevision::NoStream, vec![marker]).await }),
     )
     .await?;
     let mut out = match on_commit {

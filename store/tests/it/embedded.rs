@@ -555,6 +555,50 @@ async fn claims_kept_as_marker_streams_pass_the_claim_checks() {
     conformance::concurrent_claims_of_one_key(&store).await;
 }
 
+/// A store that keeps claims as marker streams says it needs markers, and refuses a claim
+/// without one before writing anything; the embedded store needs none and takes such a claim.
+#[tokio::test]
+async fn a_claim_without_a_marker_is_refused_where_markers_are_written() {
+    let unindexed = Unindexed(EmbeddedStore::temporary().expect("temporary store"));
+    assert!(unindexed.claims_need_markers());
+    let (stream, key) = (unique_stream("markerless"), unique_stream("key"));
+    let mut claim = conformance::claim(&key, 0, 1);
+    claim.marker = None;
+    let refused = unindexed
+        .append_claiming(
+            &stream,
+            ExpectedRevision::NoStream,
+            vec![event(0)],
+            vec![claim.clone()],
+            None,
+        )
+        .await;
+    match refused {
+        Err(store::StoreError::Config(message)) => assert!(
+            message.contains(&key) && message.contains("no marker") && message.contains("nothing was written"),
+            "{message}"
+        ),
+        other => panic!("a claim without a marker was not refused: {other:?}"),
+    }
+    assert_eq!(
+        unindexed.stream_revision(&stream).await.unwrap(),
+        None,
+        "the events were written"
+    );
+    assert!(unindexed.claimant(&key).await.unwrap().is_none(), "the key was taken");
+
+    let embedded = EmbeddedStore::temporary().expect("temporary store");
+    assert!(!embedded.claims_need_markers());
+    let by = event(0);
+    let out = embedded
+        .append_claiming(&stream, ExpectedRevision::NoStream, vec![by.clone()], vec![claim], None)
+        .await
+        .expect("a markerless claim on the embedded store");
+    assert_eq!(out.appended, 1);
+    let held = embedded.claimant(&key).await.unwrap().expect("claimed");
+    assert_eq!(held.event_id, by.event_id);
+}
+
 /// The embedded store takes keys and events in one commit: a claiming append that fails
 /// takes no key, and one that succeeds writes no marker (the key's claimant is the event).
 #[tokio::test]
