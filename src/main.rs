@@ -19,6 +19,14 @@ use std::path::PathBuf;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options unless `_RJEM_MALLOC_CONF` says otherwise: two arenas instead of one
+/// per thread up to 4 × cores (8 here), where a thread's freed memory waits for reuse by the
+/// threads of its own arena only. Measured, 1M-row import in alternating runs: peak RSS
+/// 413–415 MiB against 424–465 MiB with eight, and the domain's CPU per CPU-second of the
+/// projector and the store's writer ~1.4% lower.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: Option<&'static std::ffi::c_char> = Some(unsafe { &*c"narenas:2".as_ptr() });
+
 use clap::{Parser, Subcommand};
 
 use crate::config::{BusKind, Config, StoreKind};
