@@ -151,6 +151,14 @@ pub(crate) struct Live {
 /// Follows `MergedIntoV1` links to the live customer (a customer whose stream ends
 /// with `MergedIntoV1` is merged; `CustomerRestoredV1` after it makes it live again).
 pub(crate) async fn live_customer(store: &dyn EventStore, customer: &str, via: &str) -> Result<Live, DomainError> {
+    let id = live_id(store, customer, via).await?;
+    let first = stream_start(store, &id).await?;
+    Ok(Live { id, first })
+}
+
+/// [`live_customer`] without where its stream began (one read less: most events name one
+/// live customer, and only two or more are ordered by age).
+async fn live_id(store: &dyn EventStore, customer: &str, via: &str) -> Result<String, DomainError> {
     let mut current = customer.to_string();
     for _ in 0..64 {
         let stream = identity::customer_stream(&current);
@@ -168,16 +176,18 @@ pub(crate) async fn live_customer(store: &dyn EventStore, customer: &str, via: &
         };
         match next {
             Some(survivor) => current = survivor,
-            None => {
-                let first = store.read_stream(&stream, 0, 1).await?;
-                let first = first.first().map(|e| e.position).unwrap_or_default();
-                return Ok(Live { id: current, first });
-            }
+            None => return Ok(current),
         }
     }
     Err(DomainError::Contended(format!(
         "merge chain from {customer} is longer than 64"
     )))
+}
+
+/// Where the customer's stream began (its first event's log position).
+async fn stream_start(store: &dyn EventStore, customer: &str) -> Result<GlobalPosition, DomainError> {
+    let first = store.read_stream(&identity::customer_stream(customer), 0, 1).await?;
+    Ok(first.first().map(|e| e.position).unwrap_or_default())
 }
 
 /// Appends a merge: `CustomersMergedV1` in the survivor, then `MergedIntoV1` in the absorbed.
@@ -617,20 +627,29 @@ impl CustomerService {
             .stream_revision(&identity::customer_stream(&new_id))
             .await?
             .is_some();
-        let mut live: Vec<Live> = Vec::new();
+        // The live customers that own these identifiers.
+        let mut live: Vec<String> = Vec::new();
         for (key, claim) in claims.iter().filter(|_| !redelivered_new) {
             // A claim this very event made in an earlier attempt that stopped before the
             // customer's stream was written: ours, not somebody else's customer.
             if let Some(c) = claim
                 && c.customer != new_id
             {
-                let l = live_customer(self.store.as_ref(), &c.customer, &reservations[key]).await?;
-                if !live.iter().any(|x| x.id == l.id) {
-                    live.push(l);
+                let id = live_id(self.store.as_ref(), &c.customer, &reservations[key]).await?;
+                if !live.contains(&id) {
+                    live.push(id);
                 }
             }
         }
-        live.sort_by_key(|l| l.first);
+        // Oldest first: the survivor of the merge below (one alone needs no order).
+        if live.len() > 1 {
+            let mut aged = Vec::with_capacity(live.len());
+            for id in live {
+                aged.push((stream_start(self.store.as_ref(), &id).await?, id));
+            }
+            aged.sort_by_key(|(first, _)| *first);
+            live = aged.into_iter().map(|(_, id)| id).collect();
+        }
 
         // Nobody owns these identifiers: score the event against known customers.
         let record = {
@@ -661,7 +680,7 @@ impl CustomerService {
         // identifiers and activity in one append.
         let creating = live.is_empty();
         let customer_id = match live.first() {
-            Some(l) => l.id.clone(),
+            Some(id) => id.clone(),
             None => new_id.clone(),
         };
 
@@ -687,20 +706,13 @@ impl CustomerService {
                 ..Default::default()
             };
             if matching.enabled {
-                let theirs = self.matching_state().await?.cluster_size(&other.id);
+                let theirs = self.matching_state().await?.cluster_size(other);
                 if cluster + theirs > matching.max_cluster_size {
                     let mut keys: Vec<String> = evidence.identifiers.iter().map(identity::key).collect();
                     keys.sort();
                     let fingerprint = format!("shared:{}", keys.join(","));
                     let (id, n) = self
-                        .propose_review(
-                            &other.id,
-                            &customer_id,
-                            evidence,
-                            fingerprint,
-                            "cluster_size",
-                            &provenance,
-                        )
+                        .propose_review(other, &customer_id, evidence, fingerprint, "cluster_size", &provenance)
                         .await?;
                     appended += n;
                     review = review.or(id);
@@ -712,13 +724,13 @@ impl CustomerService {
                 &self.store,
                 self.own(),
                 &customer_id,
-                &other.id,
+                other,
                 evidence,
                 &provenance,
                 &inbound_id,
             )
             .await?;
-            absorbed.push(other.id.clone());
+            absorbed.push(other.clone());
         }
 
         // Attach what this event claims (now, or in an earlier attempt), and claim what
