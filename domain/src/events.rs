@@ -5,6 +5,9 @@ use prost::Message;
 use proto::customer::*;
 use store::{NewEvent, RecordedEvent};
 
+/// Type name of [`CustomerEvent::MergedInto`]: a stream ending with it is merged.
+pub const MERGED_INTO: &str = "MergedIntoV1";
+
 /// Every event the domain appends.
 // Decoded one at a time and matched everywhere: boxing the activity would buy nothing.
 #[allow(clippy::large_enum_variant)]
@@ -43,7 +46,7 @@ impl CustomerEvent {
             CustomerEvent::IdentifierAttached(_) => "IdentifierAttachedV1",
             CustomerEvent::ActivityRecorded(_) => "ActivityRecordedV1",
             CustomerEvent::Merged(_) => "CustomersMergedV1",
-            CustomerEvent::MergedInto(_) => "MergedIntoV1",
+            CustomerEvent::MergedInto(_) => MERGED_INTO,
             CustomerEvent::Split(_) => "CustomerSplitV1",
             CustomerEvent::Restored(_) => "CustomerRestoredV1",
             CustomerEvent::ReviewRequested(_) => "MatchReviewRequestedV1",
@@ -79,7 +82,7 @@ impl CustomerEvent {
             "IdentifierAttachedV1" => CustomerEvent::IdentifierAttached(Message::decode(data).map_err(m)?),
             "ActivityRecordedV1" => CustomerEvent::ActivityRecorded(Message::decode(data).map_err(m)?),
             "CustomersMergedV1" => CustomerEvent::Merged(Message::decode(data).map_err(m)?),
-            "MergedIntoV1" => CustomerEvent::MergedInto(Message::decode(data).map_err(m)?),
+            MERGED_INTO => CustomerEvent::MergedInto(Message::decode(data).map_err(m)?),
             "CustomerSplitV1" => CustomerEvent::Split(Message::decode(data).map_err(m)?),
             "CustomerRestoredV1" => CustomerEvent::Restored(Message::decode(data).map_err(m)?),
             "MatchReviewRequestedV1" => CustomerEvent::ReviewRequested(Message::decode(data).map_err(m)?),

@@ -33,7 +33,7 @@ use proto::InboundEvent;
 use proto::customer::*;
 use store::{EventStore, ExpectedRevision, GlobalPosition, StoreError};
 
-use crate::events::CustomerEvent;
+use crate::events::{CustomerEvent, MERGED_INTO};
 use crate::identity::{self, IdentifierError};
 use crate::matcher::{self, Candidate, MatchState, MatchingConfig, PreparedActivity};
 
@@ -169,7 +169,12 @@ async fn live_id(store: &dyn EventStore, customer: &str, via: &str) -> Result<St
             });
         };
         let last = store.read_stream(&stream, rev, 1).await?;
-        let next = match last.first().map(CustomerEvent::from_recorded) {
+        // Only a merge's last event is decoded (most streams end with an activity).
+        let next = match last
+            .first()
+            .filter(|e| e.event_type == MERGED_INTO)
+            .map(CustomerEvent::from_recorded)
+        {
             Some(Ok(CustomerEvent::MergedInto(m))) => Some(m.survivor_id),
             Some(Err(source)) => return Err(DomainError::Corrupt { stream, source }),
             _ => None,
