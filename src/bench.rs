@@ -123,8 +123,20 @@ async fn import(b: &ImportBench, mut config: Config) -> anyhow::Result<()> {
     }
     let by_thread = threads.finish().await;
     if !by_thread.is_empty() {
-        let list: Vec<String> = by_thread.iter().map(|(name, s)| format!("{name} {s:.1} s")).collect();
+        let list: Vec<String> = by_thread.iter().map(|t| format!("{} {:.1} s", t.name, t.cpu)).collect();
         println!("  CPU by thread: {}", list.join(", "));
+        let mb = |bytes: u64| bytes as f64 / 1e6;
+        let list: Vec<String> = by_thread
+            .iter()
+            .filter(|t| t.read + t.written >= 1_000_000)
+            .map(|t| format!("{} {:.0}/{:.0} MB", t.name, mb(t.read), mb(t.written)))
+            .collect();
+        if !list.is_empty() {
+            println!(
+                "  I/O by thread (read/written by system calls, page cache included): {}",
+                list.join(", ")
+            );
+        }
     }
     println!(
         "  phases: rows published at {:.1} s, identities resolved at {:.1} s, views caught up at {:.1} s",
@@ -135,21 +147,41 @@ async fn import(b: &ImportBench, mut config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// CPU seconds of this process's threads by name while a benchmark runs, from
+/// CPU seconds and I/O of this process's threads by name while a benchmark runs, from
 /// `/proc/self/task` (Linux; elsewhere nothing). Sampled every 250 ms, so a thread that ends
 /// keeps its last sample; threads of one name are summed (`tokio-rt-worker`: the domain,
 /// the HTTP side and the projector's reads; `projector`: applying views; `store-writer`;
-/// `bus-writer`). Less noisy than wall time for comparing two builds on a busy host.
+/// `bus-writer`). Less noisy than wall time for comparing two builds on a busy host. The
+/// I/O is what the threads passed to `read`/`write` system calls (`rchar`/`wchar`), whether
+/// the page cache answered or the disk: how much redb's small caches make each thread copy.
 struct ThreadCpu {
-    before: HashMap<u32, f64>,
-    seen: Arc<std::sync::Mutex<HashMap<u32, (String, f64)>>>,
+    before: HashMap<u32, Usage>,
+    seen: Arc<std::sync::Mutex<HashMap<u32, (String, Usage)>>>,
     stop: tokio::sync::oneshot::Sender<()>,
     sampler: tokio::task::JoinHandle<()>,
 }
 
+/// What one thread (or the threads of one name) used.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Usage {
+    /// User + system CPU seconds.
+    cpu: f64,
+    /// Bytes read and written by system calls.
+    read: u64,
+    written: u64,
+}
+
+/// [`Usage`] of the threads of one name since the benchmark started.
+struct ThreadUse {
+    name: String,
+    cpu: f64,
+    read: u64,
+    written: u64,
+}
+
 impl ThreadCpu {
     fn start() -> Self {
-        let before = thread_cpu().into_iter().map(|(tid, _, secs)| (tid, secs)).collect();
+        let before = thread_usage().into_iter().map(|(tid, _, usage)| (tid, usage)).collect();
         let seen = Arc::new(std::sync::Mutex::new(HashMap::new()));
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let into = seen.clone();
@@ -170,31 +202,45 @@ impl ThreadCpu {
         }
     }
 
-    /// Seconds by thread name since `start`, most first (names under 0.1 s left out).
-    async fn finish(self) -> Vec<(String, f64)> {
+    /// Use by thread name since `start`, most CPU first (names under 0.1 s left out).
+    async fn finish(self) -> Vec<ThreadUse> {
         let _ = self.stop.send(());
         let _ = self.sampler.await;
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
         sample(&mut seen);
-        let mut by_name: HashMap<String, f64> = HashMap::new();
-        for (tid, (name, secs)) in seen {
-            *by_name.entry(name).or_default() += secs - self.before.get(&tid).copied().unwrap_or(0.0);
+        let mut by_name: HashMap<String, Usage> = HashMap::new();
+        for (tid, (name, now)) in seen {
+            let before = self.before.get(&tid).copied().unwrap_or_default();
+            let total = by_name.entry(name).or_default();
+            total.cpu += now.cpu - before.cpu;
+            total.read += now.read.saturating_sub(before.read);
+            total.written += now.written.saturating_sub(before.written);
         }
-        let mut list: Vec<(String, f64)> = by_name.into_iter().filter(|(_, s)| *s >= 0.1).collect();
-        list.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let mut list: Vec<ThreadUse> = by_name
+            .into_iter()
+            .filter(|(_, u)| u.cpu >= 0.1)
+            .map(|(name, u)| ThreadUse {
+                name,
+                cpu: u.cpu,
+                read: u.read,
+                written: u.written,
+            })
+            .collect();
+        list.sort_by(|a, b| b.cpu.total_cmp(&a.cpu).then_with(|| a.name.cmp(&b.name)));
         list
     }
 }
 
-/// Records each live thread's name and CPU seconds so far, by thread id.
-fn sample(seen: &mut HashMap<u32, (String, f64)>) {
-    for (tid, name, secs) in thread_cpu() {
-        seen.insert(tid, (name, secs));
+/// Records each live thread's name and use so far, by thread id.
+fn sample(seen: &mut HashMap<u32, (String, Usage)>) {
+    for (tid, name, usage) in thread_usage() {
+        seen.insert(tid, (name, usage));
     }
 }
 
-/// (thread id, name, user + system CPU seconds) of each live thread of this process.
-fn thread_cpu() -> Vec<(u32, String, f64)> {
+/// (thread id, name, use so far) of each live thread of this process; I/O 0 where
+/// `/proc/self/task/<tid>/io` cannot be read.
+fn thread_usage() -> Vec<(u32, String, Usage)> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return Vec::new();
     };
@@ -206,9 +252,29 @@ fn thread_cpu() -> Vec<(u32, String, f64)> {
             // `tid (name) state …`: the name may hold spaces and parentheses.
             let name = stat.rsplit_once(") ")?.0.split_once(" (")?.1.to_string();
             let (user, system) = matching::cli::stat_cpu_seconds(&stat)?;
-            Some((tid, name, user + system))
+            let io = std::fs::read_to_string(task.path().join("io")).unwrap_or_default();
+            let (read, written) = io_chars(&io);
+            Some((
+                tid,
+                name,
+                Usage {
+                    cpu: user + system,
+                    read,
+                    written,
+                },
+            ))
         })
         .collect()
+}
+
+/// `rchar` and `wchar` of a `/proc/<pid>/task/<tid>/io` text (0 for a field missing).
+fn io_chars(io: &str) -> (u64, u64) {
+    let field = |name: &str| {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("rchar:"), field("wchar:"))
 }
 
 /// A server started for the benchmark; stops when dropped.
@@ -463,4 +529,17 @@ async fn ingest(b: &IngestBench, config: Config) -> anyhow::Result<()> {
         let _ = (&mut l.task).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_chars_reads_rchar_and_wchar_of_a_task_io_file() {
+        let io = "rchar: 3460012345\nwchar: 5874000001\nsyscr: 12\nsyscw: 1435049\n\
+                  read_bytes: 0\nwrite_bytes: 3235000000\ncancelled_write_bytes: 0\n";
+        assert_eq!(io_chars(io), (3_460_012_345, 5_874_000_001));
+        assert_eq!(io_chars(""), (0, 0), "an unreadable file counts nothing");
+    }
 }

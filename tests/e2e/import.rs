@@ -225,6 +225,24 @@ fn a_small_import_bench_reports_time_memory_and_cpu_by_thread() {
     for name in ["projector ", "store-writer "] {
         assert!(by_thread.contains(name), "{name}missing from {by_thread}");
     }
+    let io = stdout
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("I/O by thread (read/written by system calls, page cache included): ")
+        })
+        .unwrap_or_else(|| panic!("no I/O by thread line in {stdout}"));
+    // The store's writer writes the log: a nonzero figure after the slash.
+    let writer = io
+        .split(", ")
+        .find_map(|t| t.strip_prefix("store-writer "))
+        .unwrap_or_else(|| panic!("store-writer missing from {io}"));
+    let written: f64 = writer
+        .trim_end_matches(" MB")
+        .split_once('/')
+        .and_then(|(_, w)| w.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable figures {writer:?}"));
+    assert!(written >= 1.0, "the store's writer wrote {written} MB: {io}");
     // The temporary directory is removed when the bench ends.
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
 }
