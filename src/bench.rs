@@ -123,13 +123,16 @@ async fn import(b: &ImportBench, mut config: Config) -> anyhow::Result<()> {
     }
     let by_thread = threads.finish().await;
     if !by_thread.is_empty() {
-        let list: Vec<String> = by_thread.iter().map(|t| format!("{} {:.1} s", t.name, t.cpu)).collect();
+        let list: Vec<String> = by_thread
+            .iter()
+            .map(|(name, u)| format!("{name} {:.1} s", u.cpu))
+            .collect();
         println!("  CPU by thread: {}", list.join(", "));
         let mb = |bytes: u64| bytes as f64 / 1e6;
         let list: Vec<String> = by_thread
             .iter()
-            .filter(|t| t.read + t.written >= 1_000_000)
-            .map(|t| format!("{} {:.0}/{:.0} MB", t.name, mb(t.read), mb(t.written)))
+            .filter(|(_, u)| u.read + u.written >= 1_000_000)
+            .map(|(name, u)| format!("{name} {:.0}/{:.0} MB", mb(u.read), mb(u.written)))
             .collect();
         if !list.is_empty() {
             println!(
@@ -171,14 +174,6 @@ struct Usage {
     written: u64,
 }
 
-/// [`Usage`] of the threads of one name since the benchmark started.
-struct ThreadUse {
-    name: String,
-    cpu: f64,
-    read: u64,
-    written: u64,
-}
-
 impl ThreadCpu {
     fn start() -> Self {
         let before = thread_usage().into_iter().map(|(tid, _, usage)| (tid, usage)).collect();
@@ -203,7 +198,7 @@ impl ThreadCpu {
     }
 
     /// Use by thread name since `start`, most CPU first (names under 0.1 s left out).
-    async fn finish(self) -> Vec<ThreadUse> {
+    async fn finish(self) -> Vec<(String, Usage)> {
         let _ = self.stop.send(());
         let _ = self.sampler.await;
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -216,17 +211,8 @@ impl ThreadCpu {
             total.read += now.read.saturating_sub(before.read);
             total.written += now.written.saturating_sub(before.written);
         }
-        let mut list: Vec<ThreadUse> = by_name
-            .into_iter()
-            .filter(|(_, u)| u.cpu >= 0.1)
-            .map(|(name, u)| ThreadUse {
-                name,
-                cpu: u.cpu,
-                read: u.read,
-                written: u.written,
-            })
-            .collect();
-        list.sort_by(|a, b| b.cpu.total_cmp(&a.cpu).then_with(|| a.name.cmp(&b.name)));
+        let mut list: Vec<(String, Usage)> = by_name.into_iter().filter(|(_, u)| u.cpu >= 0.1).collect();
+        list.sort_by(|a, b| b.1.cpu.total_cmp(&a.1.cpu).then_with(|| a.0.cmp(&b.0)));
         list
     }
 }
