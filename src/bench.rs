@@ -99,7 +99,7 @@ async fn import(b: &ImportBench, mut config: Config) -> anyhow::Result<()> {
     let started = Instant::now();
     // The generator's CPU is not the import's.
     let cpu_before = matching::cli::cpu_seconds();
-    let threads = ThreadCpu::start();
+    let threads = ThreadUsage::start();
     let mut options = ingest::import::ImportOptions::new(&file);
     options.template = Some("trade-show".into());
     options.error_report = Some(dir.path().join("errors.csv"));
@@ -157,7 +157,7 @@ async fn import(b: &ImportBench, mut config: Config) -> anyhow::Result<()> {
 /// `bus-writer`). Less noisy than wall time for comparing two builds on a busy host. The
 /// I/O is what the threads passed to `read`/`write` system calls (`rchar`/`wchar`), whether
 /// the page cache answered or the disk: how much redb's small caches make each thread copy.
-struct ThreadCpu {
+struct ThreadUsage {
     before: HashMap<u32, Usage>,
     seen: Arc<std::sync::Mutex<HashMap<u32, (String, Usage)>>>,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -174,7 +174,7 @@ struct Usage {
     written: u64,
 }
 
-impl ThreadCpu {
+impl ThreadUsage {
     fn start() -> Self {
         let before = thread_usage().into_iter().map(|(tid, _, usage)| (tid, usage)).collect();
         let seen = Arc::new(std::sync::Mutex::new(HashMap::new()));
@@ -189,7 +189,7 @@ impl ThreadCpu {
                 }
             }
         });
-        ThreadCpu {
+        ThreadUsage {
             before,
             seen,
             stop,
