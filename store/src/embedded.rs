@@ -816,8 +816,7 @@ impl Inner {
     }
 
     fn read_stream_blocking(&self, stream: &str, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        let (head, read) = self.heads.lookup(&self.db, stream)?;
-        let Some(head) = head else {
+        let Some((head, read)) = self.heads.lookup(&self.db, stream)? else {
             return Ok(Vec::new());
         };
         // The first events' sequences are in the head, later ones in the stream index.
@@ -848,7 +847,7 @@ impl Inner {
     }
 
     fn stream_revision(&self, stream: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self.heads.lookup(&self.db, stream)?.0.map(|h| h.revision))
+        self.heads.revision(&self.db, stream)
     }
 
     async fn append(

@@ -414,23 +414,40 @@ impl Heads {
     }
 
     /// A reader's lookup: `stream`'s head and a read transaction that holds everything it
-    /// points at.
+    /// points at; `None` if there is no such stream.
+    ///
+    /// Most lookups ask for streams that do not exist (a new identifier's key, a new
+    /// customer): those are answered from memory and the filter, without beginning (and
+    /// ending) a read transaction. A million-row import makes ~3.7M lookups, ~3.3M of them
+    /// for streams that do not exist; `begin_read` alone was ~1% of the domain's samples.
     pub(crate) fn lookup(
         &self,
         db: &redb::Database,
         stream: &str,
-    ) -> Result<(Option<Head>, redb::ReadTransaction), StoreError> {
+    ) -> Result<Option<(Head, redb::ReadTransaction)>, StoreError> {
         use redb::ReadableDatabase;
         let (read, runs) = {
             let state = self.read_state();
+            let in_memory = state.in_memory(stream);
+            if in_memory.is_none() && !self.known.may_hold(stream.as_bytes()) {
+                return Ok(None);
+            }
             let read = db.begin_read().map_err(db_err("read a stream head"))?;
-            if let Some(h) = state.in_memory(stream) {
-                return Ok((Some(h), read));
+            if let Some(h) = in_memory {
+                return Ok(Some((h, read)));
             }
             (read, Arc::clone(&state.runs))
         };
         let head = find_in_runs(&self.known, &runs, stream, |name| read.open_table(run_table(name)))?;
-        Ok((head, read))
+        Ok(head.map(|h| (h, read)))
+    }
+
+    /// `stream`'s revision (`None`: no such stream); a read transaction only if a run holds it.
+    pub(crate) fn revision(&self, db: &redb::Database, stream: &str) -> Result<Option<u64>, StoreError> {
+        if let Some(h) = self.read_state().in_memory(stream) {
+            return Ok(Some(h.revision));
+        }
+        Ok(self.lookup(db, stream)?.map(|(h, _)| h.revision))
     }
 
     /// Whether the memtable is due to be flushed (and no flush is running): it holds
