@@ -37,6 +37,23 @@ pub struct ImportBench {
     /// by default a temporary one that is deleted.
     #[arg(long)]
     keep: Option<std::path::PathBuf>,
+    /// Runs, one after another, each in a process of its own; then the fastest, median and
+    /// slowest of their figures (a shared host's speed drifts: one run says little).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeat: u32,
+    /// Where a run writes its figures as JSON (for `--repeat`).
+    #[arg(long, hide = true)]
+    result_json: Option<std::path::PathBuf>,
+}
+
+/// One import run's figures, as a run started by `--repeat` hands them back.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ImportFigures {
+    rows: u64,
+    seconds: f64,
+    peak_rss_bytes: u64,
+    /// User and system time; `None` where the platform does not tell.
+    cpu_seconds: Option<f64>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -84,6 +101,9 @@ pub async fn run(cmd: &BenchCommand, config: Config) -> anyhow::Result<()> {
 }
 
 async fn import(b: &ImportBench, mut config: Config) -> anyhow::Result<()> {
+    if b.repeat > 1 {
+        return repeat(b).await;
+    }
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("visitors.csv");
     let generated = std::time::Instant::now();
@@ -91,7 +111,7 @@ async fn import(b: &ImportBench, mut config: Config) -> anyhow::Result<()> {
     println!(
         "generated {} rows ({:.0} MiB, {:.0}% duplicates) in {:.1} s",
         b.rows,
-        std::fs::metadata(&file)?.len() as f64 / (1 << 20) as f64,
+        mib(std::fs::metadata(&file)?.len()),
         b.dup_rate * 100.0,
         generated.elapsed().as_secs_f64()
     );
@@ -106,16 +126,19 @@ async fn import(b: &ImportBench, mut config: Config) -> anyhow::Result<()> {
     let (summary, phases) =
         crate::offline::import_into_views(options, config, &ingest::import::TerminalProgress::new()).await?;
     let elapsed = started.elapsed();
+    let peak_rss = matching::cli::peak_rss_bytes().unwrap_or(0);
     println!("{summary}");
     println!(
         "bench import: {} rows end to end into the views in {:.1} s = {:.0} rows/s; peak RSS {:.0} MiB",
         summary.rows_read,
         elapsed.as_secs_f64(),
         summary.rows_read as f64 / elapsed.as_secs_f64(),
-        matching::cli::peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
+        mib(peak_rss)
     );
+    let mut cpu_seconds = None;
     if let (Some((user, system)), Some((user0, system0))) = (matching::cli::cpu_seconds(), cpu_before) {
         let (user, system) = (user - user0, system - system0);
+        cpu_seconds = Some(user + system);
         println!(
             "  CPU {user:.1} s user + {system:.1} s system = {:.2} cores busy on average",
             (user + system) / elapsed.as_secs_f64()
@@ -147,7 +170,102 @@ async fn import(b: &ImportBench, mut config: Config) -> anyhow::Result<()> {
         phases.resolved.as_secs_f64(),
         phases.projected.as_secs_f64()
     );
+    if let Some(path) = &b.result_json {
+        let figures = ImportFigures {
+            rows: summary.rows_read,
+            seconds: elapsed.as_secs_f64(),
+            peak_rss_bytes: peak_rss,
+            cpu_seconds,
+        };
+        std::fs::write(path, serde_json::to_vec(&figures)?)
+            .with_context(|| format!("cannot write this run's figures to {}", path.display()))?;
+    }
     Ok(())
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+/// `--repeat N`: this command again N times, each in a process of its own (a fresh heap, so
+/// each peak RSS is its own run's) with its output shown as it comes, then a summary.
+async fn repeat(b: &ImportBench) -> anyhow::Result<()> {
+    if b.keep.is_some() {
+        anyhow::bail!("--keep keeps one run's data directory: use it without --repeat");
+    }
+    let exe = std::env::current_exe().context("cannot find this program to run it again")?;
+    let args = without_repeat(std::env::args_os().skip(1));
+    // The runs' temporary directories go in this one, so an interrupted series leaves nothing.
+    let dir = tempfile::tempdir()?;
+    let mut runs = Vec::new();
+    for i in 1..=b.repeat {
+        println!("run {i} of {}", b.repeat);
+        let json = dir.path().join(format!("run-{i}.json"));
+        let status = tokio::process::Command::new(&exe)
+            .args(&args)
+            .arg("--result-json")
+            .arg(&json)
+            .env("TMPDIR", dir.path())
+            .kill_on_drop(true)
+            .status()
+            .await
+            .context("cannot start a run")?;
+        anyhow::ensure!(
+            status.success(),
+            "run {i} of {} failed ({status}); its output is above",
+            b.repeat
+        );
+        let figures: ImportFigures = serde_json::from_slice(&std::fs::read(&json)?)
+            .with_context(|| format!("run {i} left unreadable figures in {}", json.display()))?;
+        runs.push(figures);
+    }
+    println!("{}", repeat_summary(&runs));
+    Ok(())
+}
+
+/// The program's arguments without `--repeat N` (or `--repeat=N`).
+fn without_repeat(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::new();
+    let mut skip_value = false;
+    for arg in args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        match arg.to_str() {
+            Some("--repeat") => skip_value = true,
+            Some(a) if a.starts_with("--repeat=") => {}
+            _ => out.push(arg),
+        }
+    }
+    out
+}
+
+/// Fastest, median and slowest of each figure over the runs.
+fn repeat_summary(runs: &[ImportFigures]) -> String {
+    let spread = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[0], v[v.len() / 2], v[v.len() - 1])
+    };
+    let (fast, median, slow) = spread(runs.iter().map(|r| r.seconds).collect());
+    let rows = runs[0].rows as f64;
+    let (low, mid, high) = spread(runs.iter().map(|r| mib(r.peak_rss_bytes)).collect());
+    let mut out = format!(
+        "bench import, {} runs of {} rows: {fast:.1} / {median:.1} / {slow:.1} s (fastest / median / slowest) \
+         = {:.0} / {:.0} / {:.0} rows/s; peak RSS {low:.0} / {mid:.0} / {high:.0} MiB (lowest / median / highest)",
+        runs.len(),
+        runs[0].rows,
+        rows / fast,
+        rows / median,
+        rows / slow,
+    );
+    let cpu: Vec<f64> = runs.iter().filter_map(|r| r.cpu_seconds).collect();
+    if cpu.len() == runs.len() {
+        let (least, mid, most) = spread(cpu);
+        out.push_str(&format!(
+            "; CPU {least:.1} / {mid:.1} / {most:.1} s (least / median / most)"
+        ));
+    }
+    out
 }
 
 /// CPU seconds and I/O of this process's threads by name while a benchmark runs, from
@@ -520,6 +638,45 @@ async fn ingest(b: &IngestBench, config: Config) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_run_drops_only_the_repeat_option() {
+        let args = |list: &[&str]| list.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            without_repeat(
+                args(&[
+                    "--config",
+                    "c.toml",
+                    "bench",
+                    "import",
+                    "--repeat",
+                    "3",
+                    "--rows",
+                    "10",
+                    "--repeat=2"
+                ])
+                .into_iter()
+            ),
+            args(&["--config", "c.toml", "bench", "import", "--rows", "10"])
+        );
+    }
+
+    #[test]
+    fn a_summary_of_runs_gives_fastest_median_and_slowest() {
+        let run = |seconds: f64, rss_mib: u64, cpu: f64| ImportFigures {
+            rows: 1000,
+            seconds,
+            peak_rss_bytes: rss_mib << 20,
+            cpu_seconds: Some(cpu),
+        };
+        let summary = repeat_summary(&[run(2.0, 300, 3.0), run(1.0, 310, 2.0), run(4.0, 290, 5.0)]);
+        assert_eq!(
+            summary,
+            "bench import, 3 runs of 1000 rows: 1.0 / 2.0 / 4.0 s (fastest / median / slowest) = 1000 / 500 / 250 \
+             rows/s; peak RSS 290 / 300 / 310 MiB (lowest / median / highest); CPU 2.0 / 3.0 / 5.0 s (least / \
+             median / most)"
+        );
+    }
 
     #[test]
     fn io_chars_reads_rchar_and_wchar_of_a_task_io_file() {

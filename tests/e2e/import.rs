@@ -162,6 +162,48 @@ fn bench_import(rows: usize, tmp: &std::path::Path) -> std::process::Command {
     bench
 }
 
+/// `--repeat` runs the bench in a process per run, shows each run's figures and ends with
+/// the fastest, median and slowest; it leaves no temporary files either.
+#[test]
+fn a_repeated_import_bench_summarises_its_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = bench_import(3_000, tmp.path())
+        .args(["--repeat", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for run in ["run 1 of 2", "run 2 of 2"] {
+        assert!(stdout.lines().any(|l| l == run), "{run} missing from {stdout}");
+    }
+    let runs = stdout
+        .matches("bench import: 3000 rows end to end into the views in")
+        .count();
+    assert_eq!(runs, 2, "{stdout}");
+    let summary = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("bench import, 2 runs of 3000 rows: "))
+        .unwrap_or_else(|| panic!("no summary in {stdout}"));
+    assert!(summary.contains("(fastest / median / slowest)"), "{summary}");
+    assert!(summary.contains("MiB (lowest / median / highest)"), "{summary}");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+
+    let kept = tmp.path().join("kept");
+    let out = bench_import(3_000, tmp.path())
+        .args(["--repeat", "2", "--keep"])
+        .arg(&kept)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("use it without --repeat"), "{stderr}");
+    assert!(!kept.exists(), "nothing imported");
+}
+
 /// An interrupted `crm bench import` removes its temporary directory (generated file, bus,
 /// store, views: gigabytes at a million rows) and says so.
 #[test]
