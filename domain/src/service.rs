@@ -162,16 +162,14 @@ async fn live_id(store: &dyn EventStore, customer: &str, via: &str) -> Result<St
     let mut current = customer.to_string();
     for _ in 0..64 {
         let stream = identity::customer_stream(&current);
-        let Some(rev) = store.stream_revision(&stream).await? else {
+        let Some(last) = store.read_last(&stream).await? else {
             return Err(DomainError::DanglingClaim {
                 stream: via.to_string(),
                 customer: current,
             });
         };
-        let last = store.read_stream(&stream, rev, 1).await?;
         // Only a merge's last event is decoded (most streams end with an activity).
-        let next = match last
-            .first()
+        let next = match Some(&last)
             .filter(|e| e.event_type == MERGED_INTO)
             .map(CustomerEvent::from_recorded)
         {
@@ -634,12 +632,17 @@ impl CustomerService {
             .is_some();
         // The live customers that own these identifiers.
         let mut live: Vec<String> = Vec::new();
+        // A returning customer's identifiers are mostly all claimed by the same customer:
+        // where it lives now is found once.
+        let mut followed: Vec<&str> = Vec::new();
         for (key, claim) in claims.iter().filter(|_| !redelivered_new) {
             // A claim this very event made in an earlier attempt that stopped before the
             // customer's stream was written: ours, not somebody else's customer.
             if let Some(c) = claim
                 && c.customer != new_id
+                && !followed.contains(&c.customer.as_str())
             {
+                followed.push(&c.customer);
                 let id = live_id(self.store.as_ref(), &c.customer, &reservations[key]).await?;
                 if !live.contains(&id) {
                     live.push(id);

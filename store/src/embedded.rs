@@ -816,9 +816,16 @@ impl Inner {
     }
 
     fn read_stream_blocking(&self, stream: &str, from: u64, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read_from(stream, Some(from), max)
+    }
+
+    /// Up to `max` events of `stream` from revision `from` (`None`: its last event), the
+    /// stream's head looked up once.
+    fn read_from(&self, stream: &str, from: Option<u64>, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         let Some((head, read)) = self.heads.lookup(&self.db, stream)? else {
             return Ok(Vec::new());
         };
+        let from = from.unwrap_or(head.revision);
         // The first events' sequences are in the head, later ones in the stream index.
         let mut sequences: Vec<u64> = head.sequences(from).take(max).collect();
         if sequences.len() < max && head.revision >= HEAD_IDS {
@@ -942,6 +949,10 @@ impl EventStore for EmbeddedStore {
 
     async fn stream_revision(&self, stream: &str) -> Result<Option<u64>, StoreError> {
         self.inner.stream_revision(stream)
+    }
+
+    async fn read_last(&self, stream: &str) -> Result<Option<RecordedEvent>, StoreError> {
+        Ok(self.inner.read_from(stream, None, 1)?.pop())
     }
 
     async fn read_all(&self, after: Option<GlobalPosition>, max: usize) -> Result<Vec<RecordedEvent>, StoreError> {

@@ -203,6 +203,15 @@ pub trait EventStore: Send + Sync + 'static {
     /// Revision of the stream's last event, `None` if the stream does not exist.
     async fn stream_revision(&self, stream: &str) -> Result<Option<u64>, StoreError>;
 
+    /// The stream's last event, `None` if the stream does not exist. By default its revision
+    /// and then that event; a store that can reads it in one lookup.
+    async fn read_last(&self, stream: &str) -> Result<Option<RecordedEvent>, StoreError> {
+        let Some(revision) = self.stream_revision(stream).await? else {
+            return Ok(None);
+        };
+        Ok(self.read_stream(stream, revision, 1).await?.into_iter().next())
+    }
+
     /// Reads up to `max` events of our streams from the global log, strictly after `after`
     /// (from the start when `None`).
     async fn read_all(&self, after: Option<GlobalPosition>, max: usize) -> Result<Vec<RecordedEvent>, StoreError>;
