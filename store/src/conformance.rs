@@ -37,7 +37,6 @@ pub async fn run_all(store: &dyn EventStore) {
     redelivery_in_a_long_stream(store).await;
     read_stream_from_revision_with_max(store).await;
     stream_revision(store).await;
-    read_last(store).await;
     read_all_ordering_and_after_exclusive(store).await;
     subscribe_all_catch_up_and_live(store).await;
     concurrent_exact_appenders(store).await;
@@ -427,57 +426,34 @@ pub async fn read_stream_from_revision_with_max(store: &dyn EventStore) {
     }
 }
 
-/// `stream_revision` is `None` for a missing stream and the last revision otherwise.
+/// `stream_revision` is `None` for a missing stream and the last revision otherwise;
+/// `read_last` gives the event at that revision (past a stream's first 16 too).
 pub async fn stream_revision(store: &dyn EventStore) {
     let kind = store.kind();
     let stream = unique_stream("revision");
-    let rev = |r: Result<Option<u64>, StoreError>| match r {
-        Ok(r) => r,
-        Err(e) => panic!("[{kind}] stream_revision({stream}) failed: {e}"),
+    let last = async || {
+        let revision = match store.stream_revision(&stream).await {
+            Ok(r) => r,
+            Err(e) => panic!("[{kind}] stream_revision({stream}) failed: {e}"),
+        };
+        let event = match store.read_last(&stream).await {
+            Ok(e) => e.map(|e| (e.revision, e.data)),
+            Err(e) => panic!("[{kind}] read_last({stream}) failed: {e}"),
+        };
+        (revision, event)
     };
-    assert_eq!(
-        rev(store.stream_revision(&stream).await),
-        None,
-        "[{kind}] stream_revision of missing {stream}"
-    );
+    assert_eq!(last().await, (None, None), "[{kind}] missing {stream}");
     append_ok(store, &stream, ExpectedRevision::NoStream, events(0..4)).await;
     assert_eq!(
-        rev(store.stream_revision(&stream).await),
-        Some(3),
-        "[{kind}] stream_revision of {stream}"
+        last().await,
+        (Some(3), Some((3, 3u32.to_be_bytes().to_vec()))),
+        "[{kind}] {stream}"
     );
-    append_ok(store, &stream, ExpectedRevision::Any, events(4..5)).await;
+    append_ok(store, &stream, ExpectedRevision::Any, events(4..20)).await;
     assert_eq!(
-        rev(store.stream_revision(&stream).await),
-        Some(4),
-        "[{kind}] stream_revision of {stream} after append"
-    );
-}
-
-/// `read_last` gives a stream's last event, past the first 16 too; nothing for a missing stream.
-pub async fn read_last(store: &dyn EventStore) {
-    let kind = store.kind();
-    let stream = unique_stream("last");
-    let last = |r: Result<Option<RecordedEvent>, StoreError>| match r {
-        Ok(e) => e.map(|e| (e.revision, e.data)),
-        Err(e) => panic!("[{kind}] read_last({stream}) failed: {e}"),
-    };
-    assert_eq!(
-        last(store.read_last(&stream).await),
-        None,
-        "[{kind}] read_last of missing {stream}"
-    );
-    append_ok(store, &stream, ExpectedRevision::NoStream, events(0..3)).await;
-    assert_eq!(
-        last(store.read_last(&stream).await),
-        Some((2, 2u32.to_be_bytes().to_vec())),
-        "[{kind}] read_last of {stream}"
-    );
-    append_ok(store, &stream, ExpectedRevision::Any, events(3..20)).await;
-    assert_eq!(
-        last(store.read_last(&stream).await),
-        Some((19, 19u32.to_be_bytes().to_vec())),
-        "[{kind}] read_last of {stream} after 20 events"
+        last().await,
+        (Some(19), Some((19, 19u32.to_be_bytes().to_vec()))),
+        "[{kind}] {stream} after 20 events"
     );
 }
 
