@@ -244,7 +244,13 @@ fn without_repeat(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ff
 fn repeat_summary(runs: &[ImportFigures]) -> String {
     let spread = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
-        (v[0], v[v.len() / 2], v[v.len() - 1])
+        let n = v.len();
+        let median = if n.is_multiple_of(2) {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        } else {
+            v[n / 2]
+        };
+        (v[0], median, v[n - 1])
     };
     let (fast, median, slow) = spread(runs.iter().map(|r| r.seconds).collect());
     let rows = runs[0].rows as f64;
@@ -669,6 +675,11 @@ mod tests {
             peak_rss_bytes: rss_mib << 20,
             cpu_seconds: Some(cpu),
         };
+        let two = repeat_summary(&[run(2.0, 300, 3.0), run(1.0, 310, 2.0)]);
+        assert!(
+            two.contains(": 1.0 / 1.5 / 2.0 s"),
+            "an even count's median is the middle two's mean: {two}"
+        );
         let summary = repeat_summary(&[run(2.0, 300, 3.0), run(1.0, 310, 2.0), run(4.0, 290, 5.0)]);
         assert_eq!(
             summary,

@@ -169,17 +169,13 @@ async fn live_id(store: &dyn EventStore, customer: &str, via: &str) -> Result<St
             });
         };
         // Only a merge's last event is decoded (most streams end with an activity).
-        let next = match Some(&last)
-            .filter(|e| e.event_type == MERGED_INTO)
-            .map(CustomerEvent::from_recorded)
-        {
-            Some(Ok(CustomerEvent::MergedInto(m))) => Some(m.survivor_id),
-            Some(Err(source)) => return Err(DomainError::Corrupt { stream, source }),
-            _ => None,
-        };
-        match next {
-            Some(survivor) => current = survivor,
-            None => return Ok(current),
+        if last.event_type != MERGED_INTO {
+            return Ok(current);
+        }
+        match CustomerEvent::from_recorded(&last) {
+            Ok(CustomerEvent::MergedInto(m)) => current = m.survivor_id,
+            Ok(_) => return Ok(current),
+            Err(source) => return Err(DomainError::Corrupt { stream, source }),
         }
     }
     Err(DomainError::Contended(format!(
