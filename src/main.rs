@@ -160,6 +160,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             replay::run(config).await
         }
         Command::Bench(cmd) => {
+            // A benchmark starts from nothing, in a temporary directory; the option would be ignored.
+            if let Some(dir) = &cli.data_dir {
+                anyhow::bail!(
+                    "--data-dir {} does not apply to a benchmark: it runs in a fresh temporary \
+                     directory (`crm bench import --keep DIR` imports into DIR and keeps it)",
+                    dir.display()
+                );
+            }
             let config = load_config(&cli)?;
             bench::run(cmd, config).await
         }

@@ -202,6 +202,20 @@ fn a_repeated_import_bench_summarises_its_runs() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("use it without --repeat"), "{stderr}");
     assert!(!kept.exists(), "nothing imported");
+
+    // --data-dir would be ignored by a benchmark: refused, with what to use instead.
+    let out = bench_import(3_000, tmp.path())
+        .arg("--data-dir")
+        .arg(&kept)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("does not apply to a benchmark") && stderr.contains("--keep DIR"),
+        "{stderr}"
+    );
+    assert!(!kept.exists(), "nothing imported");
 }
 
 /// An interrupted `crm bench import` removes its temporary directory (generated file, bus,
