@@ -52,12 +52,10 @@ use row::{RowContext, SheetPlan};
 /// Why an import could not run (a bad row never ends up here: it is rejected and reported).
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("cannot open {path}: {source}; check the path and that it can be read")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The reason is in the message, not a `source()` as well: printed as a chain it would
+    // show twice, and a job's status keeps only the message.
+    #[error("cannot open {path}: {reason}; check the path and that it can be read")]
+    Open { path: PathBuf, reason: std::io::Error },
     #[error("cannot tell the format of {path}: name it .csv/.tsv/.txt (text), .xlsx/.xlsm, .xls, .xlsb or .ods")]
     UnknownFormat { path: PathBuf },
     #[error("unknown template {name:?}: use one of {known}, or --mapping FILE.toml")]
@@ -103,14 +101,10 @@ pub enum ImportError {
     #[error("import ledger: {0}")]
     Ledger(String),
     #[error(
-        "the bus refused a row after {published} rows were published: {source}; nothing is lost, \
+        "the bus refused a row after {published} rows were published: {reason}; nothing is lost, \
          run the same import again to resume"
     )]
-    Bus {
-        published: u64,
-        #[source]
-        source: bus::BusError,
-    },
+    Bus { published: u64, reason: bus::BusError },
     #[error("import stopped: {0}")]
     Stopped(String),
 }
@@ -279,9 +273,9 @@ impl fmt::Display for ImportSummary {
 /// The SHA-256 of a file, hex.
 pub fn file_sha256(path: &Path) -> Result<String, ImportError> {
     use sha2::Digest;
-    let err = |source| ImportError::Open {
+    let err = |reason| ImportError::Open {
         path: path.to_path_buf(),
-        source,
+        reason,
     };
     let mut file = std::fs::File::open(path).map_err(err)?;
     let mut hasher = sha2::Sha256::new();
@@ -742,9 +736,9 @@ pub async fn run(
         .filter(|s| !s.trim().is_empty())
         .unwrap_or_else(|| file_name.clone());
     let size = std::fs::metadata(&options.path)
-        .map_err(|source| ImportError::Open {
+        .map_err(|reason| ImportError::Open {
             path: options.path.clone(),
-            source,
+            reason,
         })?
         .len();
     let path = options.path.clone();
@@ -848,10 +842,10 @@ pub async fn run(
     if let Some(e) = local_error {
         return Err(e);
     }
-    if let Some(source) = publisher.failure.take() {
+    if let Some(reason) = publisher.failure.take() {
         return Err(ImportError::Bus {
             published: publisher.summary.accepted,
-            source,
+            reason,
         });
     }
     let outcome = outcome?;
@@ -886,4 +880,23 @@ pub async fn run(
     summary.elapsed = started.elapsed();
     progress.finish(&summary);
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reason is said once: in the message (a job's status keeps only that), not again
+    /// as a `source()` that a printed error chain would repeat.
+    #[test]
+    fn a_file_that_cannot_be_opened_says_why_once() {
+        let err = file_sha256(Path::new("/nonexistent/visitors.csv")).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.starts_with("cannot open /nonexistent/visitors.csv: ")
+                && message.ends_with("; check the path and that it can be read"),
+            "{message}"
+        );
+        assert!(std::error::Error::source(&err).is_none(), "{message}");
+    }
 }

@@ -88,9 +88,9 @@ pub fn read_csv(
     tld_cn: bool,
     sink: &mut dyn RowSink,
 ) -> Result<CsvInfo, ImportError> {
-    let open_err = |source| ImportError::Open {
+    let open_err = |reason| ImportError::Open {
         path: path.to_path_buf(),
-        source,
+        reason,
     };
     let mut file = File::open(path).map_err(open_err)?;
     let mut head = Vec::with_capacity(64 * 1024);

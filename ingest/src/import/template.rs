@@ -194,9 +194,9 @@ impl Template {
     /// Reads a mapping file: `[columns]` header = "field", optionally `extends = "template"`,
     /// `interaction_kind`, `source_channel`, `required = [["phone", "email"], ...]`.
     pub fn from_mapping_file(path: &Path) -> Result<Template, ImportError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ImportError::Open {
+        let text = std::fs::read_to_string(path).map_err(|reason| ImportError::Open {
             path: path.to_path_buf(),
-            source,
+            reason,
         })?;
         Self::from_mapping_toml(&text, &path.display().to_string())
     }
