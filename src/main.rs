@@ -123,10 +123,25 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", causes_once(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each joined with ": " unless what is printed already says it
+/// (many of our errors put their cause in their own message, where a job's status or a log
+/// line, which keep only the message, still show it).
+fn causes_once(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -195,5 +210,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", toml::to_string_pretty(&config)?);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that puts its cause in its message and returns it as its source too.
+    #[derive(Debug)]
+    struct SaysItsCause {
+        path: &'static str,
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for SaysItsCause {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot read {}: {}; check the path", self.path, self.source)
+        }
+    }
+
+    impl std::error::Error for SaysItsCause {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let inline = anyhow::Error::from(SaysItsCause {
+            path: "/x.csv",
+            source: io(),
+        });
+        assert_eq!(causes_once(&inline), "cannot read /x.csv: no such file; check the path");
+        let context = anyhow::Error::from(io()).context("loading the config");
+        assert_eq!(causes_once(&context), "loading the config: no such file");
     }
 }
