@@ -273,9 +273,8 @@ impl IdentityCommands {
             for e in &events {
                 if let Ok(CustomerEvent::IdentifierAttached(a)) = CustomerEvent::from_recorded(e)
                     && a.customer_id == absorbed
-                    && let Some(i) = a.identifier
                 {
-                    identifiers.push(i);
+                    identifiers.extend(a.identifiers);
                 }
             }
         }

@@ -6,11 +6,11 @@
 //! Order of writes (each step is safe to repeat after a crash):
 //! 1. merges: `CustomersMergedV1` in the survivor, then `MergedIntoV1` in the absorbed;
 //! 2. the customer stream gets, in one append, `CustomerRegisteredV1` (a new customer),
-//!    `IdentifierAttachedV1` for the identifiers this event claims and
-//!    `ActivityRecordedV1`; each attachment of an identifier nobody owned claims its
-//!    reservation ([`EventStore::append_claiming`]): the embedded store takes the
-//!    reservation and the events in one commit, and `claimant` of the reservation is the
-//!    attachment; a store without a key index first writes `IdentifierClaimedV1` to the
+//!    one `IdentifierAttachedV2` for the identifiers this event claims and
+//!    `ActivityRecordedV1`; the attachment claims the reservation of each identifier
+//!    nobody owned ([`EventStore::append_claiming`]): the embedded store takes the
+//!    reservations and the events in one commit, and `claimant` of each reservation is the
+//!    attachment; a store without a key index first writes `IdentifierClaimedV1` to each
 //!    reservation stream (expected: no stream), and a retry after a crash in between
 //!    recognises the claim as its own by its cause;
 //! 3. live probabilistic matching (only for an event no identifier resolved): the new
@@ -121,7 +121,7 @@ pub(crate) fn event_id(inbound: &str, role: &str) -> uuid::Uuid {
 }
 
 /// [`event_id`] of role `<role>/<key>` (one event per identifier of the inbound event).
-fn keyed_event_id(inbound: &str, role: &str, key: &str) -> uuid::Uuid {
+pub(crate) fn keyed_event_id(inbound: &str, role: &str, key: &str) -> uuid::Uuid {
     proto::derived_id_of(&[inbound, "/", role, "/", key])
 }
 
@@ -140,6 +140,10 @@ pub fn review_stream(review_id: &str) -> String {
 struct Claim {
     customer: String,
     cause: String,
+    /// The claimant is the attachment itself (the embedded store writes claim and
+    /// attachment in one commit), so the identifier is attached already. A marker
+    /// (`IdentifierClaimedV1`) may precede its attachment: a crash can come in between.
+    attached: bool,
 }
 
 /// A live customer and where its stream began.
@@ -478,13 +482,14 @@ impl CustomerService {
         let Some(held) = self.store.claimant(stream).await? else {
             return Ok(None);
         };
-        let claim = |customer: String, provenance: Option<Provenance>| Claim {
+        let claim = |customer: String, provenance: Option<Provenance>, attached| Claim {
             customer,
             cause: provenance.map(|p| p.inbound_event_id).unwrap_or_default(),
+            attached,
         };
         match CustomerEvent::from_recorded(&held) {
-            Ok(CustomerEvent::IdentifierClaimed(c)) => Ok(Some(claim(c.customer_id, c.provenance))),
-            Ok(CustomerEvent::IdentifierAttached(a)) => Ok(Some(claim(a.customer_id, a.provenance))),
+            Ok(CustomerEvent::IdentifierClaimed(c)) => Ok(Some(claim(c.customer_id, c.provenance, false))),
+            Ok(CustomerEvent::IdentifierAttached(a)) => Ok(Some(claim(a.customer_id, a.provenance, true))),
             Ok(_) => Ok(None),
             Err(source) => Err(DomainError::Corrupt {
                 stream: stream.to_string(),
@@ -737,12 +742,12 @@ impl CustomerService {
             absorbed.push(other.clone());
         }
 
-        // Attach what this event claims (now, or in an earlier attempt), and claim what
-        // nobody owns yet, in the same append: each attachment holds its identifier's
-        // reservation (a store without a key index writes an `IdentifierClaimedV1` to the
-        // reservation stream first instead).
+        // Attach what this event claims (now, or in an earlier attempt whose attachment
+        // is not written yet), and claim what nobody owns yet, in the same append: one
+        // attachment holds the reservations of all the identifiers it claims (a store
+        // without a key index writes an `IdentifierClaimedV1` to each reservation stream
+        // first instead).
         let mut customer_events = Vec::new();
-        let mut to_claim = Vec::new();
         if creating {
             let registered = CustomerEvent::Registered(CustomerRegisteredV1 {
                 customer_id: customer_id.clone(),
@@ -750,32 +755,43 @@ impl CustomerService {
             });
             customer_events.push((registered, event_id(&inbound_id, "register")));
         }
-        for (key, id) in &identifiers {
-            let ours = claims[key].as_ref().is_none_or(|c| c.cause == inbound_id);
-            if ours {
-                let attach = CustomerEvent::IdentifierAttached(IdentifierAttachedV1 {
-                    customer_id: customer_id.clone(),
-                    identifier: Some(id.clone()),
-                    provenance: Some(provenance.clone()),
+        let attaching: Vec<(&String, &Identifier)> = identifiers
+            .iter()
+            .filter(|(key, _)| {
+                claims[*key]
+                    .as_ref()
+                    .is_none_or(|c| c.cause == inbound_id && !c.attached)
+            })
+            .collect();
+        let mut to_claim = Vec::new();
+        if !attaching.is_empty() {
+            let by = customer_events.len();
+            for (key, id) in attaching.iter().filter(|(key, _)| claims[*key].is_none()) {
+                // Only a store that keeps claims as streams of their own writes it.
+                let marker = self.store.claims_need_markers().then(|| {
+                    let marker = CustomerEvent::IdentifierClaimed(IdentifierClaimedV1 {
+                        identifier: Some((*id).clone()),
+                        customer_id: customer_id.clone(),
+                        provenance: Some(provenance.clone()),
+                    });
+                    marker.to_new(keyed_event_id(&inbound_id, "claim", key))
                 });
-                if claims[key].is_none() {
-                    // Only a store that keeps claims as streams of their own writes it.
-                    let marker = self.store.claims_need_markers().then(|| {
-                        let marker = CustomerEvent::IdentifierClaimed(IdentifierClaimedV1 {
-                            identifier: Some(id.clone()),
-                            customer_id: customer_id.clone(),
-                            provenance: Some(provenance.clone()),
-                        });
-                        marker.to_new(keyed_event_id(&inbound_id, "claim", key))
-                    });
-                    to_claim.push(store::Claim {
-                        key: reservations[key].clone(),
-                        by: customer_events.len(),
-                        marker,
-                    });
-                }
-                customer_events.push((attach, keyed_event_id(&inbound_id, "attach", key)));
+                to_claim.push(store::Claim {
+                    key: reservations[*key].clone(),
+                    by,
+                    marker,
+                });
             }
+            // Its id names the identifiers it holds: a redelivery that attaches the same
+            // ones writes nothing, and one that finds fewer to attach (some held by other
+            // customers since, or marked shared) cannot be mistaken for it.
+            let keys: Vec<&str> = attaching.iter().map(|(key, _)| key.as_str()).collect();
+            let attach = CustomerEvent::IdentifierAttached(IdentifierAttachedV2 {
+                customer_id: customer_id.clone(),
+                identifiers: attaching.iter().map(|(_, id)| (*id).clone()).collect(),
+                provenance: Some(provenance.clone()),
+            });
+            customer_events.push((attach, keyed_event_id(&inbound_id, "attach", &keys.join("\n"))));
         }
         let activity = CustomerEvent::ActivityRecorded(ActivityRecordedV1 {
             customer_id: customer_id.clone(),

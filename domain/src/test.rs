@@ -186,13 +186,21 @@ impl Scenario {
                     "identity".to_string()
                 };
                 let mut detail = render(&ev, &mut aliases);
-                // An attachment that holds its identifier's reservation (embedded store).
-                if let CustomerEvent::IdentifierAttached(a) = &ev
-                    && let Some(id) = &a.identifier
-                {
-                    let held = store.claimant(&crate::identity::reservation_stream(id)).await.unwrap();
-                    if held.is_some_and(|h| h.event_id == e.event_id) {
-                        detail.push_str(" (claims it)");
+                // An attachment that holds its identifiers' reservations (embedded store).
+                if let CustomerEvent::IdentifierAttached(a) = &ev {
+                    let mut claimed = Vec::new();
+                    for i in &a.identifiers {
+                        let held = store.claimant(&crate::identity::reservation_stream(i)).await.unwrap();
+                        if held.is_some_and(|h| h.event_id == e.event_id) {
+                            claimed.push(identifier(i));
+                        }
+                    }
+                    match claimed.len() {
+                        0 => {}
+                        n if n == a.identifiers.len() => {
+                            detail.push_str(if n == 1 { " (claims it)" } else { " (claims them)" })
+                        }
+                        _ => detail.push_str(&format!(" (claims {})", claimed.join(" "))),
                     }
                 }
                 lines.push(format!("{stream}: {}{detail}", ev.type_name()));
@@ -213,28 +221,23 @@ fn alias_of(aliases: &mut HashMap<String, String>, stream_or_id: &str) -> String
     aliases.entry(id).or_insert_with(|| format!("C{n}")).clone()
 }
 
-fn render(ev: &CustomerEvent, aliases: &mut HashMap<String, String>) -> String {
-    let id = |i: &Option<proto::customer::Identifier>| {
-        i.as_ref()
-            .map(|i| {
-                format!(
-                    "{}:{}{}",
-                    i.kind,
-                    i.normalized,
-                    if i.scope.is_empty() {
-                        String::new()
-                    } else {
-                        format!("@{}", i.scope)
-                    }
-                )
-            })
-            .unwrap_or_default()
+/// `kind:normalized[@scope]`.
+fn identifier(i: &proto::customer::Identifier) -> String {
+    let scope = if i.scope.is_empty() {
+        String::new()
+    } else {
+        format!("@{}", i.scope)
     };
+    format!("{}:{}{scope}", i.kind, i.normalized)
+}
+
+fn render(ev: &CustomerEvent, aliases: &mut HashMap<String, String>) -> String {
+    let id = |i: &Option<proto::customer::Identifier>| i.as_ref().map(identifier).unwrap_or_default();
     match ev {
         CustomerEvent::IdentifierClaimed(c) => {
             format!(" {} by {}", id(&c.identifier), alias_of(aliases, &c.customer_id))
         }
-        CustomerEvent::IdentifierAttached(a) => format!(" {}", id(&a.identifier)),
+        CustomerEvent::IdentifierAttached(a) => a.identifiers.iter().map(|i| format!(" {}", identifier(i))).collect(),
         CustomerEvent::Merged(m) => {
             let e = m.evidence.clone().unwrap_or_default();
             let score = if e.rule == "shared_identifier" {
@@ -290,8 +293,7 @@ mod rules {
             .when(form("e1", &["phone=138 0013 8000", "email=ZW@Example.com"]))
             .then_expect(expect![[r#"
                 C1: CustomerRegisteredV1
-                C1: IdentifierAttachedV1 email:zw@example.com (claims it)
-                C1: IdentifierAttachedV1 phone:+8613800138000 (claims it)
+                C1: IdentifierAttachedV2 email:zw@example.com phone:+8613800138000 (claims them)
                 C1: ActivityRecordedV1
             "#]]);
     }
@@ -301,7 +303,7 @@ mod rules {
         given(vec![form("e1", &["phone=138 0013 8000"])])
             .when(form("e2", &["phone=+86 １３８-0013-8000", "email=zw@example.com"]))
             .then_expect(expect![[r#"
-                C1: IdentifierAttachedV1 email:zw@example.com (claims it)
+                C1: IdentifierAttachedV2 email:zw@example.com (claims it)
                 C1: ActivityRecordedV1
             "#]]);
     }
@@ -348,7 +350,7 @@ mod rules {
             .when(form("e2", &["wechat_openid=oX@wx2"]))
             .then_expect(expect![[r#"
                 C2: CustomerRegisteredV1
-                C2: IdentifierAttachedV1 wechat_openid:oX@wx2 (claims it)
+                C2: IdentifierAttachedV2 wechat_openid:oX@wx2 (claims it)
                 C2: ActivityRecordedV1
             "#]]);
     }
@@ -382,7 +384,7 @@ mod matching_rules {
             .when(zhang("e2", &["email=zw@example.com"]))
             .then_expect(expect![[r#"
                 C2: CustomerRegisteredV1
-                C2: IdentifierAttachedV1 email:zw@example.com (claims it)
+                C2: IdentifierAttachedV2 email:zw@example.com (claims it)
                 C2: ActivityRecordedV1
                 C1: CustomersMergedV1 absorbed C2 (probabilistic p=1.00 by live matching)
                 C2: MergedIntoV1 survivor C1
@@ -395,7 +397,7 @@ mod matching_rules {
             .when(person("e2", "张伟", ADDRESS, "", &["email=zw@example.com"]))
             .then_expect(expect![[r#"
                 C2: CustomerRegisteredV1
-                C2: IdentifierAttachedV1 email:zw@example.com (claims it)
+                C2: IdentifierAttachedV2 email:zw@example.com (claims it)
                 C2: ActivityRecordedV1
                 review: MatchReviewRequestedV1 C2 ~ C1 (review_band, p=0.57)
             "#]]);
@@ -407,7 +409,7 @@ mod matching_rules {
             .when(person("e2", "张伟", "", "", &["phone=13800138001"]))
             .then_expect(expect![[r#"
                 C2: CustomerRegisteredV1
-                C2: IdentifierAttachedV1 phone:+8613800138001 (claims it)
+                C2: IdentifierAttachedV2 phone:+8613800138001 (claims it)
                 C2: ActivityRecordedV1
                 C1: CustomersMergedV1 absorbed C2 (probabilistic p=0.94 by live matching)
                 C2: MergedIntoV1 survivor C1
@@ -426,7 +428,7 @@ mod matching_rules {
             ))
             .then_expect(expect![[r#"
                 C2: CustomerRegisteredV1
-                C2: IdentifierAttachedV1 email:ln@example.com (claims it)
+                C2: IdentifierAttachedV2 email:ln@example.com (claims it)
                 C2: ActivityRecordedV1
             "#]]);
     }
@@ -489,7 +491,7 @@ mod matching_rules {
         .then_expect(expect![[r#"
             identity: IdentifierMarkedSharedV1 phone:+8613800138000 (3 customers > 2)
             C2: CustomerRegisteredV1
-            C2: IdentifierAttachedV1 email:c@shop.com (claims it)
+            C2: IdentifierAttachedV2 email:c@shop.com (claims it)
             C2: ActivityRecordedV1
             C3: CustomerRegisteredV1
             C3: ActivityRecordedV1
@@ -616,12 +618,7 @@ mod crash_after_claims {
         let log = store.read_all(None, usize::MAX).await.unwrap();
         assert_eq!(
             types(&log)[2..],
-            [
-                "CustomerRegisteredV1",
-                "IdentifierAttachedV1",
-                "IdentifierAttachedV1",
-                "ActivityRecordedV1"
-            ]
+            ["CustomerRegisteredV1", "IdentifierAttachedV2", "ActivityRecordedV1"]
         );
         assert_eq!(log[2].stream, format!("customer-{}", resolution.customer_id));
         // And once more: nothing.
@@ -644,14 +641,9 @@ mod crash_after_claims {
         let types: Vec<&str> = log.iter().map(|e| e.event_type.as_str()).collect();
         assert_eq!(
             types,
-            [
-                "CustomerRegisteredV1",
-                "IdentifierAttachedV1",
-                "IdentifierAttachedV1",
-                "ActivityRecordedV1"
-            ]
+            ["CustomerRegisteredV1", "IdentifierAttachedV2", "ActivityRecordedV1"]
         );
-        for (raw, attached) in [("email=zw@example.com", &log[1]), ("phone=13800138000", &log[2])] {
+        for raw in ["email=zw@example.com", "phone=13800138000"] {
             let (kind, value) = raw.split_once('=').unwrap();
             let id = crate::identity::normalise(
                 &proto::inbound::RawIdentifier {
@@ -665,11 +657,107 @@ mod crash_after_claims {
             let held = store.claimant(&crate::identity::reservation_stream(&id)).await.unwrap();
             assert_eq!(
                 held.map(|e| e.event_id),
-                Some(attached.event_id),
-                "{raw} is held by its attachment"
+                Some(log[1].event_id),
+                "{raw} is held by the attachment"
             );
         }
         assert_eq!(service.handle(&event).await.unwrap().appended, 0);
+    }
+}
+
+/// Stores written before V2 hold one `IdentifierAttachedV1` per identifier, each the
+/// claimant of its identifier's reservation.
+mod written_before_v2 {
+    use prost::Message;
+    use proto::customer::*;
+    use store::{Claim, ExpectedRevision, NewEvent};
+
+    use super::*;
+    use crate::identity;
+    use crate::service::{event_id, keyed_event_id, new_customer_id};
+
+    /// What V1 appended for the new customer `event` made: its registration, one
+    /// attachment per identifier (each claiming its reservation) and its activity.
+    async fn as_v1_wrote(store: &Arc<dyn EventStore>, event: &InboundEvent) -> String {
+        let inbound = event.event_id();
+        let customer = new_customer_id(inbound, 0);
+        let provenance = Provenance {
+            inbound_event_id: inbound.into(),
+            channel: "web-form".into(),
+            channel_instance: "contact".into(),
+            ..Default::default()
+        };
+        let registered = CustomerEvent::Registered(CustomerRegisteredV1 {
+            customer_id: customer.clone(),
+            provenance: Some(provenance.clone()),
+        });
+        let mut events = vec![registered.to_new(event_id(inbound, "register"))];
+        let mut claims = Vec::new();
+        let subject = event.observation().and_then(|o| o.subject.as_ref()).unwrap();
+        for raw in &subject.identifiers {
+            let id = identity::normalise(raw, phonenumber::country::Id::CN).unwrap();
+            let key = identity::key(&id);
+            claims.push(Claim {
+                key: identity::reservation_of_key(&id.kind, &key),
+                by: events.len(),
+                marker: None,
+            });
+            let attached = IdentifierAttachedV1 {
+                customer_id: customer.clone(),
+                identifier: Some(id),
+                provenance: Some(provenance.clone()),
+            };
+            events.push(NewEvent {
+                event_id: keyed_event_id(inbound, "attach", &key),
+                event_type: "IdentifierAttachedV1".into(),
+                data: attached.encode_to_vec(),
+                metadata: Vec::new(),
+            });
+        }
+        let activity = CustomerEvent::ActivityRecorded(ActivityRecordedV1 {
+            customer_id: customer.clone(),
+            provenance: Some(provenance),
+            event_type: event.event_type().to_string(),
+            observation: event.observation().cloned(),
+            ..Default::default()
+        });
+        events.push(activity.to_new(event_id(inbound, "activity")));
+        let stream = identity::customer_stream(&customer);
+        store
+            .append_claiming(&stream, ExpectedRevision::NoStream, events, claims, None)
+            .await
+            .unwrap();
+        customer
+    }
+
+    #[tokio::test]
+    async fn a_customer_v1_wrote_is_matched_and_nothing_it_attached_is_attached_again() {
+        let store: Arc<dyn EventStore> = Arc::new(EmbeddedStore::temporary().unwrap());
+        let service = CustomerService::new(store.clone(), DomainConfig::default());
+        let e1 = form("e1", &["phone=13800138000", "email=zw@example.com"]);
+        let c1 = as_v1_wrote(&store, &e1).await;
+        let before = store.read_all(None, usize::MAX).await.unwrap().len();
+        assert_eq!(before, 4);
+
+        // A redelivery of the event V1 handled: its identifiers are attached already.
+        let again = service.handle(&e1).await.unwrap();
+        assert_eq!((again.customer_id.as_str(), again.appended), (c1.as_str(), 0));
+
+        // A later event with one of its identifiers joins it; only the new one is attached.
+        let e2 = form("e2", &["phone=+86 138-0013-8000", "email=w@example.com"]);
+        let joined = service.handle(&e2).await.unwrap();
+        assert_eq!(joined.customer_id, c1);
+        assert!(!joined.created);
+        let log = store.read_all(None, usize::MAX).await.unwrap();
+        let types: Vec<&str> = log[before..].iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(types, ["IdentifierAttachedV2", "ActivityRecordedV1"]);
+        match CustomerEvent::from_recorded(&log[before]).unwrap() {
+            CustomerEvent::IdentifierAttached(a) => {
+                let attached: Vec<&str> = a.identifiers.iter().map(|i| i.normalized.as_str()).collect();
+                assert_eq!(attached, ["w@example.com"]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
 

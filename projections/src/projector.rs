@@ -829,17 +829,21 @@ impl Projector {
             }
             CustomerEvent::IdentifierAttached(a) => {
                 let id = o.resolve(&a.customer_id)?;
-                if let Some(ident) = &a.identifier {
-                    let source = Source::from_provenance(a.provenance.as_ref());
-                    if let Some(own) = o.own(&a.customer_id)? {
+                let source = Source::from_provenance(a.provenance.as_ref());
+                if let Some(own) = o.own(&a.customer_id)? {
+                    for ident in &a.identifiers {
                         add_identifier(own, ident, source.clone());
                     }
-                    if let Some(view) = o.view(&id)? {
-                        add_identifier(view, ident, source);
+                }
+                if let Some(view) = o.view(&id)? {
+                    for ident in &a.identifiers {
+                        add_identifier(view, ident, source.clone());
                     }
+                }
+                for ident in &a.identifiers {
                     o.put(
                         ident_key(recorded.position, &ident.kind, &ident.scope, &ident.normalized),
-                        id.into_bytes(),
+                        id.clone().into_bytes(),
                     );
                 }
             }
@@ -1746,6 +1750,78 @@ mod tests {
         assert_eq!(by("phone", "+8613800138000").as_deref(), Some(survivor.as_str()));
         let view = w.view(&survivor);
         assert_eq!(view.identifiers.len(), 2, "{view:?}");
+    }
+
+    /// Streams written before V2 hold one `IdentifierAttachedV1` per identifier: they
+    /// project to the views the same identifiers attached in one V2 event give.
+    #[tokio::test]
+    async fn attachments_written_one_per_identifier_project_the_same_views() {
+        use prost::Message;
+        let w = world();
+        w.handle(&[
+            form(
+                "e1",
+                1_000,
+                "王芳",
+                &[("email", "fang@example.com"), ("phone", "13800138000")],
+            ),
+            form(
+                "e2",
+                2_000,
+                "王芳",
+                &[("phone", "138 0013 8000"), ("email", "wf@example.com")],
+            ),
+        ])
+        .await;
+        let log = w.store.read_all(None, usize::MAX).await.unwrap();
+        // The same log as V1 wrote it: each V2 attachment becomes one event per identifier.
+        let mut v1_log = Vec::new();
+        let mut shift = 0;
+        for e in &log {
+            let at = |e: &RecordedEvent, n: u64| {
+                let mut e = e.clone();
+                e.position.commit += shift + n;
+                e.position.prepare += shift + n;
+                e
+            };
+            match CustomerEvent::from_recorded(e).unwrap() {
+                CustomerEvent::IdentifierAttached(a) => {
+                    assert_eq!(e.event_type, "IdentifierAttachedV2");
+                    for (n, ident) in a.identifiers.iter().enumerate() {
+                        let mut one = at(e, n as u64);
+                        one.event_type = "IdentifierAttachedV1".into();
+                        one.data = proto::customer::IdentifierAttachedV1 {
+                            customer_id: a.customer_id.clone(),
+                            identifier: Some(ident.clone()),
+                            provenance: a.provenance.clone(),
+                        }
+                        .encode_to_vec();
+                        v1_log.push(one);
+                    }
+                    shift += a.identifiers.len() as u64 - 1;
+                }
+                _ => v1_log.push(at(e, 0)),
+            }
+        }
+        assert_eq!(v1_log.len(), log.len() + 1, "e1's attachment held two identifiers");
+        let v2 = Projector::new(ViewStore::temporary().unwrap(), phonenumber::country::Id::CN);
+        v2.apply(&log).unwrap();
+        let v1 = Projector::new(ViewStore::temporary().unwrap(), phonenumber::country::Id::CN);
+        v1.apply(&v1_log).unwrap();
+        let c = id("e1");
+        let view = v1.views().customer(&c).unwrap().expect("the customer's view");
+        let mut held: Vec<&str> = view.identifiers.iter().map(|i| i.normalized.as_str()).collect();
+        held.sort();
+        assert_eq!(held, ["+8613800138000", "fang@example.com", "wf@example.com"]);
+        assert_eq!(Some(view.clone()), v2.views().customer(&c).unwrap());
+        for (kind, value) in [
+            ("email", "fang@example.com"),
+            ("phone", "+8613800138000"),
+            ("email", "wf@example.com"),
+        ] {
+            let owner = v1.views().by_identifier(kind, "", value).unwrap().map(|v| v.id);
+            assert_eq!(owner.as_deref(), Some(c.as_str()), "{kind} {value}");
+        }
     }
 
     #[test]

@@ -799,12 +799,13 @@ fn is_claimant(held: &RecordedEvent, by: &NewEvent, claim: &crate::Claim, stream
             .is_some_and(|m| held.event_id == m.event_id && held.data == m.data)
 }
 
-/// `append_claiming` takes a key for one of its events; another append claiming it fails
-/// naming the key, a redelivery succeeds, and the key can still take events of its own.
+/// `append_claiming` takes keys for one of its events (one event may take several);
+/// another append claiming one fails naming the key, a redelivery succeeds, and the key
+/// can still take events of its own.
 pub async fn claims_are_held_by_one_event(store: &dyn EventStore) {
     let kind = store.kind();
     let (a, b) = (unique_stream("claiming-a"), unique_stream("claiming-b"));
-    let (key, other) = (unique_stream("key"), unique_stream("key-free"));
+    let (key, second, other) = (unique_stream("key"), unique_stream("key-2"), unique_stream("key-free"));
     assert!(
         store
             .claimant(&key)
@@ -814,11 +815,12 @@ pub async fn claims_are_held_by_one_event(store: &dyn EventStore) {
         "[{kind}] a key nobody claimed has no claimant"
     );
     let batch = events(0..3);
-    let c = claim(&key, 1, 100);
+    let (c, c2) = (claim(&key, 1, 100), claim(&second, 1, 103));
+    let claims = vec![c.clone(), c2.clone()];
     let out = store
-        .append_claiming(&a, ExpectedRevision::NoStream, batch.clone(), vec![c.clone()], None)
+        .append_claiming(&a, ExpectedRevision::NoStream, batch.clone(), claims.clone(), None)
         .await
-        .unwrap_or_else(|e| panic!("[{kind}] append_claiming to {a} taking {key} failed: {e}"));
+        .unwrap_or_else(|e| panic!("[{kind}] append_claiming to {a} taking {key} and {second} failed: {e}"));
     assert_eq!(out.last_revision, 2, "[{kind}] {a}: revision after a claiming append");
     assert_eq!(
         recorded_ids(&read_whole_stream(store, &a).await),
@@ -830,16 +832,25 @@ pub async fn claims_are_held_by_one_event(store: &dyn EventStore) {
         is_claimant(&held, &batch[1], &c, &a),
         "[{kind}] {key} is held by {held:?}, not by event 1 of {a} or its marker"
     );
+    let held2 = store.claimant(&second).await.unwrap().expect("claimed");
+    assert!(
+        is_claimant(&held2, &batch[1], &c2, &a),
+        "[{kind}] {second} is held by {held2:?}, not by event 1 of {a} (which took {key} too) or its marker"
+    );
 
     // Redelivered whole: nothing new, still held by the same event.
     let again = store
-        .append_claiming(&a, ExpectedRevision::NoStream, batch.clone(), vec![c.clone()], None)
+        .append_claiming(&a, ExpectedRevision::NoStream, batch.clone(), claims, None)
         .await
         .unwrap_or_else(|e| panic!("[{kind}] a redelivered append_claiming to {a} failed: {e}"));
     assert_eq!(again.appended, 0, "[{kind}] a redelivered claiming append wrote events");
     assert_eq!(
         store.claimant(&key).await.unwrap().map(|e| e.event_id),
         Some(held.event_id)
+    );
+    assert_eq!(
+        store.claimant(&second).await.unwrap().map(|e| e.event_id),
+        Some(held2.event_id)
     );
 
     // Another event claiming the key: refused, naming the key; its stream is not written

@@ -1213,7 +1213,7 @@ pub(crate) mod record {
         fn a_claiming_record_keeps_its_keys_and_reads_as_the_same_event() {
             let event = NewEvent {
                 event_id: uuid::Uuid::from_u128(8),
-                event_type: "IdentifierAttachedV1".into(),
+                event_type: "IdentifierAttachedV2".into(),
                 data: vec![4, 5],
                 metadata: Vec::new(),
             };
