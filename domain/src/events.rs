@@ -123,6 +123,48 @@ impl CustomerEvent {
     }
 }
 
+/// The encoding of the `ActivityRecordedV1` made of these parts, byte for byte what
+/// encoding the message would give, written from borrowed parts: a new customer's activity
+/// carries the inbound event's whole observation and raw payload, and copying them into a
+/// message only to encode it was ~3% of the domain's CPU in a 1M-row import.
+pub fn encode_activity(
+    customer_id: &str,
+    provenance: Option<&Provenance>,
+    event_type: &str,
+    observation: Option<&proto::inbound::Observation>,
+    raw: &[u8],
+    raw_content_type: &str,
+) -> Vec<u8> {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, message};
+    // proto3: empty strings and bytes are not written, absent messages neither.
+    fn put(tag: u32, value: &[u8], buf: &mut Vec<u8>) {
+        if !value.is_empty() {
+            encode_key(tag, WireType::LengthDelimited, buf);
+            encode_varint(value.len() as u64, buf);
+            buf.extend_from_slice(value);
+        }
+    }
+    let delimited = |len: usize| 1 + encoded_len_varint(len as u64) + len;
+    let len = [customer_id.len(), event_type.len(), raw.len(), raw_content_type.len()]
+        .iter()
+        .map(|&n| if n == 0 { 0 } else { delimited(n) })
+        .sum::<usize>()
+        + provenance.map_or(0, |p| delimited(p.encoded_len()))
+        + observation.map_or(0, |o| delimited(o.encoded_len()));
+    let mut buf = Vec::with_capacity(len);
+    put(1, customer_id.as_bytes(), &mut buf);
+    if let Some(p) = provenance {
+        message::encode(2, p, &mut buf);
+    }
+    put(3, event_type.as_bytes(), &mut buf);
+    if let Some(o) = observation {
+        message::encode(4, o, &mut buf);
+    }
+    put(5, raw, &mut buf);
+    put(6, raw_content_type.as_bytes(), &mut buf);
+    buf
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +175,56 @@ mod tests {
             normalized: normalized.into(),
             raw: normalized.into(),
             scope: String::new(),
+        }
+    }
+
+    /// An activity written from borrowed parts is the message's own encoding, whichever
+    /// parts are empty.
+    #[test]
+    fn an_activity_encoded_from_its_parts_is_the_message_encoding() {
+        use proto::inbound::{Observation, RawIdentifier, SubjectData};
+        let observation = Observation {
+            subject: Some(SubjectData {
+                identifiers: vec![RawIdentifier {
+                    kind: "phone".into(),
+                    value: "138 0013 8000".into(),
+                    scope: String::new(),
+                }],
+                name: "张伟".into(),
+                attributes: [("masked_phone".to_string(), "138****8000".to_string())].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let provenance = Provenance {
+            inbound_event_id: "e1".into(),
+            channel: "import".into(),
+            occurred_at_us: 1_780_000_000_000_000,
+            ..Default::default()
+        };
+        let full = ActivityRecordedV1 {
+            customer_id: "c1".into(),
+            provenance: Some(provenance),
+            event_type: "row".into(),
+            observation: Some(observation),
+            raw: "张伟,138 0013 8000\n".as_bytes().to_vec(),
+            raw_content_type: "text/csv".into(),
+        };
+        let empty = ActivityRecordedV1::default();
+        let long = ActivityRecordedV1 {
+            raw: vec![7; 300],
+            ..full.clone()
+        };
+        for a in [full, empty, long] {
+            let parts = encode_activity(
+                &a.customer_id,
+                a.provenance.as_ref(),
+                &a.event_type,
+                a.observation.as_ref(),
+                &a.raw,
+                &a.raw_content_type,
+            );
+            assert_eq!(parts, a.encode_to_vec(), "{a:?}");
         }
     }
 

@@ -327,13 +327,19 @@ impl MatchState {
         match (event, worked_out) {
             // What the decision worked out is what applying the event would: unless one of
             // its identifiers has been marked shared since (the set only grows).
-            (Some(CustomerEvent::ActivityRecorded(a)), Some(w)) if !w.keys.iter().any(|k| self.shared.contains(k)) => {
+            (Some(CustomerEvent::ActivityRecorded(a)), Some(w)) if self.still_applies(&w) => {
                 self.add_companions_of(&w.keys);
                 self.index.upsert_prepared(&a.customer_id, w.prepared);
             }
             (Some(event), _) => self.apply_event(event),
             (None, _) => {}
         }
+    }
+
+    /// Whether what a decision worked out is still what applying its activity would do:
+    /// unless one of its identifiers has been marked shared since (the set only grows).
+    pub fn still_applies(&self, worked_out: &PreparedActivity) -> bool {
+        !worked_out.keys.iter().any(|k| self.shared.contains(k))
     }
 
     /// What applying a new customer's activity will change, worked out with its scoring

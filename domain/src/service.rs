@@ -245,8 +245,15 @@ pub(crate) async fn append_typed(
     expected: ExpectedRevision,
     events: Vec<(CustomerEvent, uuid::Uuid)>,
 ) -> Result<store::AppendOutcome, StoreError> {
+    let events = events.into_iter().map(|(e, id)| (e, id, None)).collect();
     append_claiming(store, own.map(|own| (own, None)), stream, expected, events, Vec::new()).await
 }
+
+/// An event for [`append_claiming`]: the event, its id, and what to write when not the
+/// event's own encoding. Given only for an activity, written from the inbound event's parts
+/// ([`crate::events::encode_activity`]); the event is then what the matching state notes:
+/// a new customer's activity without its observation (see [`OwnAppends`]).
+type Outgoing = (CustomerEvent, uuid::Uuid, Option<Vec<u8>>);
 
 /// [`append_typed`] that also claims identifiers ([`EventStore::append_claiming`]); the
 /// activity among `events` is noted with what its decision worked out for the matching state.
@@ -255,15 +262,29 @@ async fn append_claiming(
     own: Option<(&Arc<OwnAppends>, Option<PreparedActivity>)>,
     stream: &str,
     expected: ExpectedRevision,
-    events: Vec<(CustomerEvent, uuid::Uuid)>,
+    events: Vec<Outgoing>,
     claims: Vec<store::Claim>,
 ) -> Result<store::AppendOutcome, StoreError> {
-    let new: Vec<_> = events.iter().map(|(e, id)| e.to_new(*id)).collect();
+    let (events, new): (Vec<CustomerEvent>, Vec<store::NewEvent>) = events
+        .into_iter()
+        .map(|(e, id, data)| {
+            let new = match data {
+                Some(data) => store::NewEvent {
+                    event_id: id,
+                    event_type: e.type_name().to_string(),
+                    data,
+                    metadata: Vec::new(),
+                },
+                None => e.to_new(id),
+            };
+            (e, new)
+        })
+        .unzip();
     let on_commit = own.map(|(own, worked_out)| {
         // Noted when committed: before the catch-up can meet these events in the log.
         let (own, noting) = (own.clone(), store.clone());
         Box::new(move |out: &store::AppendOutcome| {
-            own.note(noting.as_ref(), out, events.into_iter().map(|(e, _)| e), worked_out);
+            own.note(noting.as_ref(), out, events.into_iter(), worked_out);
         }) as store::OnCommit
     });
     store.append_claiming(stream, expected, new, claims, on_commit).await
@@ -276,6 +297,11 @@ async fn append_claiming(
 /// ([`EventStore::position_at`]) and an append wrote every event it was given, so each
 /// event's position is known; anything else (other writers, redeliveries) is read from the
 /// log as before. A pure function of the log still: a noted event is the one at its position.
+///
+/// A new customer's activity is noted with what its decision worked out
+/// ([`PreparedActivity`]) and without its observation, which only that needs. Should it no
+/// longer apply (one of its identifiers marked shared since), the catch-up reads the
+/// activity back from the log instead.
 #[derive(Default)]
 pub struct OwnAppends {
     events: std::sync::Mutex<BTreeMap<GlobalPosition, Noted>>,
@@ -349,6 +375,10 @@ impl OwnAppends {
                 let (e, w) = *noted;
                 (Some(e), w)
             });
+            if worked_out.as_ref().is_some_and(|w| !state.still_applies(w)) {
+                // Noted without its observation: the caller reads it from the log.
+                return Some(next);
+            }
             state.apply_known(next, event.as_ref(), worked_out);
         }
     }
@@ -753,7 +783,7 @@ impl CustomerService {
                 customer_id: customer_id.clone(),
                 provenance: Some(provenance.clone()),
             });
-            customer_events.push((registered, event_id(&inbound_id, "register")));
+            customer_events.push((registered, event_id(&inbound_id, "register"), None));
         }
         let attaching: Vec<(&String, &Identifier)> = identifiers
             .iter()
@@ -791,24 +821,43 @@ impl CustomerService {
                 identifiers: attaching.iter().map(|(_, id)| (*id).clone()).collect(),
                 provenance: Some(provenance.clone()),
             });
-            customer_events.push((attach, keyed_event_id(&inbound_id, "attach", &keys.join("\n"))));
+            customer_events.push((attach, keyed_event_id(&inbound_id, "attach", &keys.join("\n")), None));
         }
-        let activity = CustomerEvent::ActivityRecorded(ActivityRecordedV1 {
+        // The activity is written from the inbound event's parts. The matching state notes
+        // it whole only when it works out what the activity changes itself (a returning
+        // customer); a new customer's is noted with what its scoring worked out.
+        let noting = self.own().map(|own| (own, worked_out));
+        let activity = ActivityRecordedV1 {
             customer_id: customer_id.clone(),
-            provenance: Some(provenance.clone()),
-            event_type: event.event_type().to_string(),
-            observation: event.observation().cloned(),
-            raw: header.raw.clone(),
-            raw_content_type: header.raw_content_type.clone(),
-        });
-        customer_events.push((activity, event_id(&inbound_id, "activity")));
+            ..Default::default()
+        };
+        let activity = match noting {
+            Some((_, None)) => ActivityRecordedV1 {
+                provenance: Some(provenance.clone()),
+                event_type: event.event_type().to_string(),
+                observation: event.observation().cloned(),
+                raw: header.raw.clone(),
+                raw_content_type: header.raw_content_type.clone(),
+                ..activity
+            },
+            _ => activity,
+        };
+        let data = crate::events::encode_activity(
+            &customer_id,
+            Some(&provenance),
+            event.event_type(),
+            event.observation(),
+            &header.raw,
+            &header.raw_content_type,
+        );
+        let activity = CustomerEvent::ActivityRecorded(activity);
+        customer_events.push((activity, event_id(&inbound_id, "activity"), Some(data)));
         let expected = if creating && !redelivered_new {
             ExpectedRevision::NoStream
         } else {
             ExpectedRevision::StreamExists
         };
         let stream = identity::customer_stream(&customer_id);
-        let noting = self.own().map(|own| (own, worked_out));
         let out = append_claiming(&self.store, noting, &stream, expected, customer_events, to_claim).await?;
         appended += out.appended;
         let created = creating && out.appended > 0 && !redelivered_new;
@@ -921,6 +970,91 @@ mod tests {
         assert!(!service.own.lock().is_empty(), "appends are noted");
         let state = service.matching_state().await.unwrap();
         assert_eq!(state.position(), store.last_position());
+    }
+
+    /// A new customer's activity is noted without its observation. When one of its
+    /// identifiers was marked shared between its decision and the catch-up (another task's
+    /// append landed first in the log), the catch-up reads the activity back and applies
+    /// it as the log has it.
+    #[tokio::test]
+    async fn a_noted_activity_whose_identifier_was_marked_shared_since_is_read_back() {
+        use proto::inbound::{Observation, RawIdentifier, SubjectData};
+        let store: Arc<dyn EventStore> = Arc::new(store::embedded::EmbeddedStore::temporary().unwrap());
+        let service = CustomerService::new(store.clone(), DomainConfig::default());
+        let raw = RawIdentifier {
+            kind: "phone".into(),
+            value: "13800138000".into(),
+            scope: String::new(),
+        };
+        let phone = identity::normalise(&raw, phonenumber::country::Id::CN).unwrap();
+        let key = identity::key(&phone);
+        let subject = SubjectData {
+            identifiers: vec![raw],
+            name: "张伟".into(),
+            ..Default::default()
+        };
+        // The decision: worked out while the phone was not shared.
+        let record = matcher::record_of(Some(&subject), &[&phone]);
+        let (_, worked_out) = service.matching_state().await.unwrap().best_new_candidate(
+            Some(&subject),
+            &[(key.clone(), phone.clone())],
+            &record,
+            "c1",
+        );
+        assert!(worked_out.is_some());
+        // Meanwhile another writer marks the phone shared: first in the log.
+        let marked = CustomerEvent::MarkedShared(IdentifierMarkedSharedV1 {
+            identifier: Some(phone.clone()),
+            customers: 6,
+            limit: 5,
+            provenance: None,
+        });
+        let stream = identity::reservation_stream(&phone);
+        append_typed(
+            &store,
+            None,
+            &stream,
+            ExpectedRevision::Any,
+            vec![(marked, event_id("other", "shared"))],
+        )
+        .await
+        .unwrap();
+        // Then the activity, noted without its observation.
+        let observation = Observation {
+            subject: Some(subject),
+            ..Default::default()
+        };
+        let data = crate::events::encode_activity("c1", None, "form", Some(&observation), b"", "");
+        let slim = CustomerEvent::ActivityRecorded(ActivityRecordedV1 {
+            customer_id: "c1".into(),
+            ..Default::default()
+        });
+        let events = vec![(slim, event_id("e1", "activity"), Some(data))];
+        let noting = service.own().map(|own| (own, worked_out));
+        append_claiming(
+            &store,
+            noting,
+            "customer-c1",
+            ExpectedRevision::NoStream,
+            events,
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+
+        let caught_up = service.matching_state().await.unwrap();
+        let mut from_log = MatchState::new(&service.config().matching, phonenumber::country::Id::CN);
+        for e in store.read_all(None, usize::MAX).await.unwrap() {
+            from_log.apply(&e);
+        }
+        assert!(caught_up.is_shared(&key));
+        assert_eq!(from_log.indexed(), 1, "the log's activity gives c1 a record (its name)");
+        assert_eq!(
+            caught_up.indexed(),
+            from_log.indexed(),
+            "the catch-up applied the activity as logged"
+        );
+        assert_eq!(caught_up.position(), store.last_position());
     }
 
     #[test]
