@@ -120,7 +120,8 @@ pub(crate) fn event_id(inbound: &str, role: &str) -> uuid::Uuid {
     proto::derived_id_of(&[inbound, "/", role])
 }
 
-/// [`event_id`] of role `<role>/<key>` (one event per identifier of the inbound event).
+/// [`event_id`] of role `<role>/<key>`: one event per identifier of the inbound event (its
+/// claim marker), or per set of them (its attachment: the keys joined by newlines).
 pub(crate) fn keyed_event_id(inbound: &str, role: &str, key: &str) -> uuid::Uuid {
     proto::derived_id_of(&[inbound, "/", role, "/", key])
 }
