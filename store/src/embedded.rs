@@ -54,7 +54,6 @@
 //!
 //! Not here: the KurrentDB adapter (`kurrent`), the port itself (`lib.rs`).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -65,7 +64,7 @@ use futures::stream::BoxStream;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::watch;
 
-use crate::heads::{HEAD_IDS, Head, Heads};
+use crate::heads::{HEAD_IDS, Head, HeadMap, Heads};
 use crate::{AppendOutcome, EventStore, ExpectedRevision, GlobalPosition, NewEvent, RecordedEvent, StoreError};
 
 /// Separator between a stream name and the rest of an index key (never valid UTF-8).
@@ -531,7 +530,7 @@ impl Writer {
             return failed(io("set the commit durability")(e));
         }
         let mut sequence = self.last_sequence + 1;
-        let mut pending: HashMap<String, Head> = HashMap::new();
+        let mut pending = HeadMap::default();
         let mut written: Vec<Box<[u8]>> = Vec::new();
         let appended = (|| {
             let mut tables = Tables {
@@ -649,7 +648,7 @@ struct Tables<'t> {
     heads: &'t Heads,
     write: &'t redb::WriteTransaction,
     /// Heads this group changed (into the memtable after the commit).
-    pending: &'t mut HashMap<String, Head>,
+    pending: &'t mut HeadMap,
     /// The records this group wrote, in sequence order (into the [`Tail`] after the commit).
     written: &'t mut Vec<Box<[u8]>>,
     log: redb::Table<'t, u64, &'static [u8]>,
