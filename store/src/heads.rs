@@ -170,17 +170,14 @@ fn db_err<E: Into<redb::Error>>(what: &'static str) -> impl Fn(E) -> StoreError 
 }
 
 /// The head of `stream` in the newest of `runs` that holds one, each run's table opened by
-/// `open` (in a read or a write transaction) only if its filter may hold the stream.
+/// `open` (in a read or a write transaction) only if its filter may hold the stream. Its
+/// callers ask the filter of every run's streams first (most lookups ask for streams no run
+/// holds: one filter instead of one per run).
 fn find_in_runs<T: ReadableTable<&'static str, &'static [u8]>>(
-    known: &KeyFilter,
     runs: &[Run],
     stream: &str,
     open: impl Fn(&str) -> Result<T, redb::TableError>,
 ) -> Result<Option<Head>, StoreError> {
-    // Most lookups ask for streams no run holds: one filter instead of one per run.
-    if !known.may_hold(stream.as_bytes()) {
-        return Ok(None);
-    }
     for run in runs {
         if !run.filter.may_hold(stream.as_bytes()) {
             continue;
@@ -402,8 +399,11 @@ impl Heads {
 
     /// Heads in the runs only (newest first wins), through the writer's transaction.
     fn lookup_runs(&self, write: &redb::WriteTransaction, stream: &str) -> Result<Option<Head>, StoreError> {
+        if !self.known.may_hold(stream.as_bytes()) {
+            return Ok(None);
+        }
         let runs = Arc::clone(&self.read_state().runs);
-        find_in_runs(&self.known, &runs, stream, |name| write.open_table(run_table(name)))
+        find_in_runs(&runs, stream, |name| write.open_table(run_table(name)))
     }
 
     /// The writer's lookup: the memtable, the frozen memtable, then the runs.
@@ -443,7 +443,8 @@ impl Heads {
             }
             (read, Arc::clone(&state.runs))
         };
-        let head = find_in_runs(&self.known, &runs, stream, |name| read.open_table(run_table(name)))?;
+        // The filter of every run's streams was asked above.
+        let head = find_in_runs(&runs, stream, |name| read.open_table(run_table(name)))?;
         Ok(head.map(|h| (h, read)))
     }
 
