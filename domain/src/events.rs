@@ -114,10 +114,16 @@ impl CustomerEvent {
 
     /// A store event with a deterministic id.
     pub fn to_new(&self, event_id: uuid::Uuid) -> NewEvent {
+        self.to_new_encoded(event_id, self.encode())
+    }
+
+    /// [`CustomerEvent::to_new`] with `data` as its encoding (written from other parts than
+    /// this value, see [`encode_activity`]).
+    pub fn to_new_encoded(&self, event_id: uuid::Uuid, data: Vec<u8>) -> NewEvent {
         NewEvent {
             event_id,
             event_type: self.type_name().to_string(),
-            data: self.encode(),
+            data,
             metadata: Vec::new(),
         }
     }
@@ -135,7 +141,7 @@ pub fn encode_activity(
     raw: &[u8],
     raw_content_type: &str,
 ) -> Vec<u8> {
-    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, message};
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
     // proto3: empty strings and bytes are not written, absent messages neither.
     fn put(tag: u32, value: &[u8], buf: &mut Vec<u8>) {
         if !value.is_empty() {
@@ -144,22 +150,29 @@ pub fn encode_activity(
             buf.extend_from_slice(value);
         }
     }
+    // A message's length, worked out once for the buffer's size and for its prefix (as
+    // `prost::encoding::message::encode` would, which works it out again).
+    fn put_message(tag: u32, message: Option<(&impl Message, usize)>, buf: &mut Vec<u8>) {
+        if let Some((m, len)) = message {
+            encode_key(tag, WireType::LengthDelimited, buf);
+            encode_varint(len as u64, buf);
+            m.encode_raw(buf);
+        }
+    }
     let delimited = |len: usize| 1 + encoded_len_varint(len as u64) + len;
+    let provenance = provenance.map(|p| (p, p.encoded_len()));
+    let observation = observation.map(|o| (o, o.encoded_len()));
     let len = [customer_id.len(), event_type.len(), raw.len(), raw_content_type.len()]
         .iter()
         .map(|&n| if n == 0 { 0 } else { delimited(n) })
         .sum::<usize>()
-        + provenance.map_or(0, |p| delimited(p.encoded_len()))
-        + observation.map_or(0, |o| delimited(o.encoded_len()));
+        + provenance.map_or(0, |(_, n)| delimited(n))
+        + observation.map_or(0, |(_, n)| delimited(n));
     let mut buf = Vec::with_capacity(len);
     put(1, customer_id.as_bytes(), &mut buf);
-    if let Some(p) = provenance {
-        message::encode(2, p, &mut buf);
-    }
+    put_message(2, provenance, &mut buf);
     put(3, event_type.as_bytes(), &mut buf);
-    if let Some(o) = observation {
-        message::encode(4, o, &mut buf);
-    }
+    put_message(4, observation, &mut buf);
     put(5, raw, &mut buf);
     put(6, raw_content_type.as_bytes(), &mut buf);
     buf

@@ -270,12 +270,7 @@ async fn append_claiming(
         .into_iter()
         .map(|(e, id, data)| {
             let new = match data {
-                Some(data) => store::NewEvent {
-                    event_id: id,
-                    event_type: e.type_name().to_string(),
-                    data,
-                    metadata: Vec::new(),
-                },
+                Some(data) => e.to_new_encoded(id, data),
                 None => e.to_new(id),
             };
             (e, new)
