@@ -271,10 +271,15 @@ impl IdentityCommands {
             let Some(last) = events.last() else { break };
             from = last.revision + 1;
             for e in &events {
-                if let Ok(CustomerEvent::IdentifierAttached(a)) = CustomerEvent::from_recorded(e)
-                    && a.customer_id == absorbed
-                {
-                    identifiers.extend(a.identifiers);
+                let Ok(event) = CustomerEvent::from_recorded(e) else {
+                    continue;
+                };
+                for part in event.into_parts() {
+                    if let CustomerEvent::IdentifierAttached(a) = part
+                        && a.customer_id == absorbed
+                    {
+                        identifiers.extend(a.identifiers);
+                    }
                 }
             }
         }

@@ -11,6 +11,9 @@ pub const MERGED_INTO: &str = "MergedIntoV1";
 /// Type name of [`CustomerEvent::IdentifierAttached`] as written now.
 pub const IDENTIFIER_ATTACHED: &str = "IdentifierAttachedV2";
 
+/// Type name of [`CustomerEvent::RegisteredWith`].
+pub const CUSTOMER_REGISTERED: &str = "CustomerRegisteredV2";
+
 /// A V1 attachment (one identifier per event, written before V2) as the V2 it means.
 fn upcast_attached(v1: IdentifierAttachedV1) -> IdentifierAttachedV2 {
     IdentifierAttachedV2 {
@@ -25,7 +28,11 @@ fn upcast_attached(v1: IdentifierAttachedV1) -> IdentifierAttachedV2 {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum CustomerEvent {
+    /// Written before V2, followed by the attachment and activity of its inbound event.
     Registered(CustomerRegisteredV1),
+    /// A new customer: registration, attachment and activity in one event (see
+    /// [`CustomerEvent::into_parts`]).
+    RegisteredWith(CustomerRegisteredV2),
     IdentifierClaimed(IdentifierClaimedV1),
     /// Written as V2; a V1 event (one identifier) is read as a V2 holding it.
     IdentifierAttached(IdentifierAttachedV2),
@@ -55,6 +62,7 @@ impl CustomerEvent {
     pub fn type_name(&self) -> &'static str {
         match self {
             CustomerEvent::Registered(_) => "CustomerRegisteredV1",
+            CustomerEvent::RegisteredWith(_) => CUSTOMER_REGISTERED,
             CustomerEvent::IdentifierClaimed(_) => "IdentifierClaimedV1",
             CustomerEvent::IdentifierAttached(_) => IDENTIFIER_ATTACHED,
             CustomerEvent::ActivityRecorded(_) => "ActivityRecordedV1",
@@ -71,6 +79,7 @@ impl CustomerEvent {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             CustomerEvent::Registered(e) => e.encode_to_vec(),
+            CustomerEvent::RegisteredWith(e) => e.encode_to_vec(),
             CustomerEvent::IdentifierClaimed(e) => e.encode_to_vec(),
             CustomerEvent::IdentifierAttached(e) => e.encode_to_vec(),
             CustomerEvent::ActivityRecorded(e) => e.encode_to_vec(),
@@ -91,6 +100,7 @@ impl CustomerEvent {
         };
         Ok(match event_type {
             "CustomerRegisteredV1" => CustomerEvent::Registered(Message::decode(data).map_err(m)?),
+            CUSTOMER_REGISTERED => CustomerEvent::RegisteredWith(Message::decode(data).map_err(m)?),
             "IdentifierClaimedV1" => CustomerEvent::IdentifierClaimed(Message::decode(data).map_err(m)?),
             IDENTIFIER_ATTACHED => CustomerEvent::IdentifierAttached(Message::decode(data).map_err(m)?),
             "IdentifierAttachedV1" => {
@@ -110,6 +120,37 @@ impl CustomerEvent {
 
     pub fn from_recorded(e: &RecordedEvent) -> Result<Self, EventDecodeError> {
         Self::decode(&e.event_type, &e.data)
+    }
+
+    /// The events this one means, in order: a [`CustomerEvent::RegisteredWith`] is a
+    /// registration, an attachment of its identifiers (none without identifiers) and its
+    /// activity, as written before V2; any other event is itself. Readers that follow a
+    /// customer's facts (views, the split command) read events as their parts.
+    pub fn into_parts(self) -> Vec<CustomerEvent> {
+        let CustomerEvent::RegisteredWith(r) = self else {
+            return vec![self];
+        };
+        let mut parts = Vec::with_capacity(3);
+        parts.push(CustomerEvent::Registered(CustomerRegisteredV1 {
+            customer_id: r.customer_id.clone(),
+            provenance: r.provenance.clone(),
+        }));
+        if !r.identifiers.is_empty() {
+            parts.push(CustomerEvent::IdentifierAttached(IdentifierAttachedV2 {
+                customer_id: r.customer_id.clone(),
+                identifiers: r.identifiers,
+                provenance: r.provenance.clone(),
+            }));
+        }
+        parts.push(CustomerEvent::ActivityRecorded(ActivityRecordedV1 {
+            customer_id: r.customer_id,
+            provenance: r.provenance,
+            event_type: r.event_type,
+            observation: r.observation,
+            raw: r.raw,
+            raw_content_type: r.raw_content_type,
+        }));
+        parts
     }
 
     /// A store event with a deterministic id.
@@ -141,6 +182,48 @@ pub fn encode_activity(
     raw: &[u8],
     raw_content_type: &str,
 ) -> Vec<u8> {
+    encode_parts(
+        customer_id,
+        provenance,
+        event_type,
+        observation,
+        raw,
+        raw_content_type,
+        &[],
+    )
+}
+
+/// The encoding of the `CustomerRegisteredV2` made of these parts: an activity's
+/// ([`encode_activity`]; its fields 1-6 are the activity's) and the identifiers it claims.
+pub fn encode_registration(
+    customer_id: &str,
+    provenance: Option<&Provenance>,
+    event_type: &str,
+    observation: Option<&proto::inbound::Observation>,
+    raw: &[u8],
+    raw_content_type: &str,
+    identifiers: &[&Identifier],
+) -> Vec<u8> {
+    encode_parts(
+        customer_id,
+        provenance,
+        event_type,
+        observation,
+        raw,
+        raw_content_type,
+        identifiers,
+    )
+}
+
+fn encode_parts(
+    customer_id: &str,
+    provenance: Option<&Provenance>,
+    event_type: &str,
+    observation: Option<&proto::inbound::Observation>,
+    raw: &[u8],
+    raw_content_type: &str,
+    identifiers: &[&Identifier],
+) -> Vec<u8> {
     use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
     // proto3: empty strings and bytes are not written, absent messages neither.
     fn put(tag: u32, value: &[u8], buf: &mut Vec<u8>) {
@@ -162,12 +245,14 @@ pub fn encode_activity(
     let delimited = |len: usize| 1 + encoded_len_varint(len as u64) + len;
     let provenance = provenance.map(|p| (p, p.encoded_len()));
     let observation = observation.map(|o| (o, o.encoded_len()));
+    let identifiers: Vec<(&Identifier, usize)> = identifiers.iter().map(|i| (*i, i.encoded_len())).collect();
     let len = [customer_id.len(), event_type.len(), raw.len(), raw_content_type.len()]
         .iter()
         .map(|&n| if n == 0 { 0 } else { delimited(n) })
         .sum::<usize>()
         + provenance.map_or(0, |(_, n)| delimited(n))
-        + observation.map_or(0, |(_, n)| delimited(n));
+        + observation.map_or(0, |(_, n)| delimited(n))
+        + identifiers.iter().map(|(_, n)| delimited(*n)).sum::<usize>();
     let mut buf = Vec::with_capacity(len);
     put(1, customer_id.as_bytes(), &mut buf);
     put_message(2, provenance, &mut buf);
@@ -175,6 +260,10 @@ pub fn encode_activity(
     put_message(4, observation, &mut buf);
     put(5, raw, &mut buf);
     put(6, raw_content_type.as_bytes(), &mut buf);
+    for &identifier in &identifiers {
+        // Repeated: every element is written, an empty one too.
+        put_message(7, Some(identifier), &mut buf);
+    }
     buf
 }
 
@@ -239,6 +328,90 @@ mod tests {
             );
             assert_eq!(parts, a.encode_to_vec(), "{a:?}");
         }
+    }
+
+    /// A registration written from borrowed parts is the message's own encoding, with and
+    /// without identifiers, and reads as a registration, an attachment and an activity.
+    #[test]
+    fn a_registration_encoded_from_its_parts_is_the_message_and_reads_as_three_events() {
+        use proto::inbound::{Observation, SubjectData};
+        let provenance = Provenance {
+            inbound_event_id: "e1".into(),
+            channel: "import".into(),
+            ..Default::default()
+        };
+        let observation = Observation {
+            subject: Some(SubjectData {
+                name: "张伟".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let full = CustomerRegisteredV2 {
+            customer_id: "c1".into(),
+            provenance: Some(provenance.clone()),
+            event_type: "row".into(),
+            observation: Some(observation.clone()),
+            raw: vec![7; 200],
+            raw_content_type: "text/csv".into(),
+            identifiers: vec![
+                identifier("email", "zw@example.com"),
+                identifier("phone", "+8613800138000"),
+                Identifier::default(),
+            ],
+        };
+        let bare = CustomerRegisteredV2 {
+            identifiers: Vec::new(),
+            ..full.clone()
+        };
+        for r in [full.clone(), bare.clone(), CustomerRegisteredV2::default()] {
+            let ids: Vec<&Identifier> = r.identifiers.iter().collect();
+            let parts = encode_registration(
+                &r.customer_id,
+                r.provenance.as_ref(),
+                &r.event_type,
+                r.observation.as_ref(),
+                &r.raw,
+                &r.raw_content_type,
+                &ids,
+            );
+            assert_eq!(parts, r.encode_to_vec(), "{r:?}");
+            assert_eq!(
+                CustomerEvent::decode(CUSTOMER_REGISTERED, &parts).unwrap(),
+                CustomerEvent::RegisteredWith(r)
+            );
+        }
+        let activity = ActivityRecordedV1 {
+            customer_id: "c1".into(),
+            provenance: Some(provenance.clone()),
+            event_type: "row".into(),
+            observation: Some(observation),
+            raw: vec![7; 200],
+            raw_content_type: "text/csv".into(),
+        };
+        let registered = CustomerEvent::Registered(CustomerRegisteredV1 {
+            customer_id: "c1".into(),
+            provenance: Some(provenance.clone()),
+        });
+        assert_eq!(
+            CustomerEvent::RegisteredWith(full.clone()).into_parts(),
+            [
+                registered.clone(),
+                CustomerEvent::IdentifierAttached(IdentifierAttachedV2 {
+                    customer_id: "c1".into(),
+                    identifiers: full.identifiers.clone(),
+                    provenance: Some(provenance),
+                }),
+                CustomerEvent::ActivityRecorded(activity.clone()),
+            ]
+        );
+        // Without identifiers it attaches nothing; any other event is itself.
+        assert_eq!(
+            CustomerEvent::RegisteredWith(bare).into_parts(),
+            [registered, CustomerEvent::ActivityRecorded(activity.clone())]
+        );
+        let alone = CustomerEvent::ActivityRecorded(activity);
+        assert_eq!(alone.clone().into_parts(), [alone]);
     }
 
     /// Streams written before V2 hold one identifier per attachment: read as a V2 of one.

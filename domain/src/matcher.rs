@@ -20,7 +20,7 @@
 use std::collections::{HashMap, HashSet};
 
 use matching::{Decision, Field, LiveIndex, Model, Record, ScoredCandidate, Thresholds};
-use proto::customer::Identifier;
+use proto::customer::{ActivityRecordedV1, CustomerRegisteredV2, Identifier};
 use proto::inbound::SubjectData;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -253,8 +253,9 @@ impl Companions {
 }
 
 /// The event types the matching state follows; it only moves its position past the others.
-const RELEVANT: [&str; 4] = [
+const RELEVANT: [&str; 5] = [
     "ActivityRecordedV1",
+    crate::events::CUSTOMER_REGISTERED,
     "CustomersMergedV1",
     "CustomerSplitV1",
     "IdentifierMarkedSharedV1",
@@ -327,9 +328,14 @@ impl MatchState {
         match (event, worked_out) {
             // What the decision worked out is what applying the event would: unless one of
             // its identifiers has been marked shared since (the set only grows).
-            (Some(CustomerEvent::ActivityRecorded(a)), Some(w)) if self.still_applies(&w) => {
+            (Some(event), Some(w)) if self.still_applies(&w) => {
+                let customer_id = match event {
+                    CustomerEvent::ActivityRecorded(a) => &a.customer_id,
+                    CustomerEvent::RegisteredWith(r) => &r.customer_id,
+                    other => return self.apply_event(other),
+                };
                 self.add_companions_of(&w.keys);
-                self.index.upsert_prepared(&a.customer_id, w.prepared);
+                self.index.upsert_prepared(customer_id, w.prepared);
             }
             (Some(event), _) => self.apply_event(event),
             (None, _) => {}
@@ -375,8 +381,18 @@ impl MatchState {
 
     fn apply_event(&mut self, event: &CustomerEvent) {
         match event {
-            CustomerEvent::ActivityRecorded(a) => {
-                let subject = a.observation.as_ref().and_then(|o| o.subject.as_ref());
+            // A registration's activity is its own.
+            CustomerEvent::ActivityRecorded(ActivityRecordedV1 {
+                customer_id,
+                observation,
+                ..
+            })
+            | CustomerEvent::RegisteredWith(CustomerRegisteredV2 {
+                customer_id,
+                observation,
+                ..
+            }) => {
+                let subject = observation.as_ref().and_then(|o| o.subject.as_ref());
                 let ids: Vec<Identifier> = subject
                     .map(|s| s.identifiers.as_slice())
                     .unwrap_or_default()
@@ -388,7 +404,7 @@ impl MatchState {
                 self.add_companions_of(&keys);
                 let update = record_of(subject, &ids.iter().collect::<Vec<_>>());
                 if !is_empty(&update) {
-                    self.index.upsert(&a.customer_id, &update);
+                    self.index.upsert(customer_id, &update);
                 }
             }
             CustomerEvent::Merged(m) => {

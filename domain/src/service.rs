@@ -33,7 +33,7 @@ use proto::InboundEvent;
 use proto::customer::*;
 use store::{EventStore, ExpectedRevision, GlobalPosition, StoreError};
 
-use crate::events::{CustomerEvent, MERGED_INTO};
+use crate::events::{CUSTOMER_REGISTERED, CustomerEvent, MERGED_INTO};
 use crate::identity::{self, IdentifierError};
 use crate::matcher::{self, Candidate, MatchState, MatchingConfig, PreparedActivity};
 
@@ -334,7 +334,7 @@ impl OwnAppends {
                 return;
             };
             let prepared = match event {
-                CustomerEvent::ActivityRecorded(_) => worked_out.take(),
+                CustomerEvent::ActivityRecorded(_) | CustomerEvent::RegisteredWith(_) => worked_out.take(),
                 _ => None,
             };
             noted.insert(
@@ -516,12 +516,55 @@ impl CustomerService {
         match CustomerEvent::from_recorded(&held) {
             Ok(CustomerEvent::IdentifierClaimed(c)) => Ok(Some(claim(c.customer_id, c.provenance, false))),
             Ok(CustomerEvent::IdentifierAttached(a)) => Ok(Some(claim(a.customer_id, a.provenance, true))),
+            Ok(CustomerEvent::RegisteredWith(r)) => Ok(Some(claim(r.customer_id, r.provenance, true))),
             Ok(_) => Ok(None),
             Err(source) => Err(DomainError::Corrupt {
                 stream: stream.to_string(),
                 source,
             }),
         }
+    }
+
+    /// Marks attached the identifiers of `claims` that this very inbound event claimed with
+    /// a marker (stores without a key index) and that the customer it registered holds: a
+    /// channel's retry received later. The marker is written before the registration and a
+    /// crash can come in between, so a marker alone does not say so; the registration,
+    /// the customer's first event, does. (Only redeliveries reach the read.)
+    async fn registered_by(
+        &self,
+        inbound_id: &str,
+        claims: &mut BTreeMap<String, Option<Claim>>,
+    ) -> Result<(), DomainError> {
+        let mut customers: Vec<String> = claims
+            .values()
+            .flatten()
+            .filter(|c| c.cause == inbound_id && !c.attached)
+            .map(|c| c.customer.clone())
+            .collect();
+        customers.dedup();
+        for customer in customers {
+            let stream = identity::customer_stream(&customer);
+            let first = self.store.read_stream(&stream, 0, 1).await?;
+            let Some(first) = first.first().filter(|e| e.event_type == CUSTOMER_REGISTERED) else {
+                continue;
+            };
+            let registered = match CustomerEvent::from_recorded(first) {
+                Ok(CustomerEvent::RegisteredWith(r)) => r,
+                Ok(_) => continue,
+                Err(source) => return Err(DomainError::Corrupt { stream, source }),
+            };
+            if registered.provenance.is_none_or(|p| p.inbound_event_id != inbound_id) {
+                continue;
+            }
+            for held in &registered.identifiers {
+                if let Some(Some(claim)) = claims.get_mut(&identity::key(held))
+                    && claim.customer == customer
+                {
+                    claim.attached = true;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Proposes a review of `customer` against `candidate` unless this pair with this
@@ -609,6 +652,7 @@ impl CustomerService {
         for (key, reservation) in &reservations {
             claims.insert(key.clone(), self.claim_of(reservation).await?);
         }
+        self.registered_by(&inbound_id, &mut claims).await?;
         let mut appended = 0;
 
         // Guardrail: an owned identifier presented with the identifiers of too many
@@ -773,14 +817,6 @@ impl CustomerService {
         // attachment holds the reservations of all the identifiers it claims (a store
         // without a key index writes an `IdentifierClaimedV1` to each reservation stream
         // first instead).
-        let mut customer_events = Vec::new();
-        if creating {
-            let registered = CustomerEvent::Registered(CustomerRegisteredV1 {
-                customer_id: customer_id.clone(),
-                provenance: Some(provenance.clone()),
-            });
-            customer_events.push((registered, event_id(&inbound_id, "register"), None));
-        }
         let attaching: Vec<(&String, &Identifier)> = identifiers
             .iter()
             .filter(|(key, _)| {
@@ -789,65 +825,107 @@ impl CustomerService {
                     .is_none_or(|c| c.cause == inbound_id && !c.attached)
             })
             .collect();
+        // The claiming event is the append's first: the registration, or the attachment.
         let mut to_claim = Vec::new();
-        if !attaching.is_empty() {
-            let by = customer_events.len();
-            for (key, id) in attaching.iter().filter(|(key, _)| claims[*key].is_none()) {
-                // Only a store that keeps claims as streams of their own writes it.
-                let marker = self.store.claims_need_markers().then(|| {
-                    let marker = CustomerEvent::IdentifierClaimed(IdentifierClaimedV1 {
-                        identifier: Some((*id).clone()),
-                        customer_id: customer_id.clone(),
-                        provenance: Some(provenance.clone()),
-                    });
-                    marker.to_new(keyed_event_id(&inbound_id, "claim", key))
+        for (key, id) in attaching.iter().filter(|(key, _)| claims[*key].is_none()) {
+            // Only a store that keeps claims as streams of their own writes it.
+            let marker = self.store.claims_need_markers().then(|| {
+                let marker = CustomerEvent::IdentifierClaimed(IdentifierClaimedV1 {
+                    identifier: Some((*id).clone()),
+                    customer_id: customer_id.clone(),
+                    provenance: Some(provenance.clone()),
                 });
-                to_claim.push(store::Claim {
-                    key: reservations[*key].clone(),
-                    by,
-                    marker,
-                });
-            }
-            // Its id names the identifiers it holds: a redelivery that attaches the same
-            // ones writes nothing, and one that finds fewer to attach (some held by other
-            // customers since, or marked shared) cannot be mistaken for it.
-            let keys: Vec<&str> = attaching.iter().map(|(key, _)| key.as_str()).collect();
-            let attach = CustomerEvent::IdentifierAttached(IdentifierAttachedV2 {
-                customer_id: customer_id.clone(),
-                identifiers: attaching.iter().map(|(_, id)| (*id).clone()).collect(),
-                provenance: Some(provenance.clone()),
+                marker.to_new(keyed_event_id(&inbound_id, "claim", key))
             });
-            customer_events.push((attach, keyed_event_id(&inbound_id, "attach", &keys.join("\n")), None));
+            to_claim.push(store::Claim {
+                key: reservations[*key].clone(),
+                by: 0,
+                marker,
+            });
         }
-        // The activity is written from the inbound event's parts. The matching state notes
-        // it whole only when it works out what the activity changes itself (a returning
-        // customer); a new customer's is noted with what its scoring worked out.
+        // The activity (a new customer's registration) is written from the inbound event's
+        // parts. The matching state notes it whole only when it works out what the activity
+        // changes itself (a returning customer); a new customer's is noted with what its
+        // scoring worked out.
         let noting = self.own().map(|own| (own, worked_out));
-        let activity = ActivityRecordedV1 {
-            customer_id: customer_id.clone(),
-            ..Default::default()
-        };
-        let activity = match noting {
-            Some((_, None)) => ActivityRecordedV1 {
-                provenance: Some(provenance.clone()),
-                event_type: event.event_type().to_string(),
-                observation: event.observation().cloned(),
-                raw: header.raw.clone(),
-                raw_content_type: header.raw_content_type.clone(),
-                ..activity
-            },
-            _ => activity,
-        };
-        let data = crate::events::encode_activity(
-            &customer_id,
-            Some(&provenance),
-            event.event_type(),
-            event.observation(),
-            &header.raw,
-            &header.raw_content_type,
-        );
-        let activity = CustomerEvent::ActivityRecorded(activity);
-        customer_events.push((activity, event_id(&inbound_id, "activity"), Some(data)));
+        let whole = matches!(noting, Some((_, None)));
+        let mut customer_events = Vec::new();
+        if creating {
+            // One event: registration, identifiers and activity. Its id is the activity's:
+            // a redelivery writes nothing whether it finds a registration (the same receipt
+            // time, so the same customer id) or a customer to record the activity for (a
+            // channel's retry, received again later), and whether V2 or V1 (registration,
+            // attachments, activity) wrote the first delivery.
+            let ids: Vec<&Identifier> = attaching.iter().map(|(_, id)| *id).collect();
+            let data = crate::events::encode_registration(
+                &customer_id,
+                Some(&provenance),
+                event.event_type(),
+                event.observation(),
+                &header.raw,
+                &header.raw_content_type,
+                &ids,
+            );
+            let registered = CustomerRegisteredV2 {
+                customer_id: customer_id.clone(),
+                ..Default::default()
+            };
+            let registered = match whole {
+                true => CustomerRegisteredV2 {
+                    provenance: Some(provenance.clone()),
+                    event_type: event.event_type().to_string(),
+                    observation: event.observation().cloned(),
+                    raw: header.raw.clone(),
+                    raw_content_type: header.raw_content_type.clone(),
+                    identifiers: ids.into_iter().cloned().collect(),
+                    ..registered
+                },
+                false => registered,
+            };
+            customer_events.push((
+                CustomerEvent::RegisteredWith(registered),
+                event_id(&inbound_id, "activity"),
+                Some(data),
+            ));
+        } else {
+            if !attaching.is_empty() {
+                // Its id names the identifiers it holds: a redelivery that attaches the same
+                // ones writes nothing, and one that finds fewer to attach (some held by other
+                // customers since, or marked shared) cannot be mistaken for it.
+                let keys: Vec<&str> = attaching.iter().map(|(key, _)| key.as_str()).collect();
+                let attach = CustomerEvent::IdentifierAttached(IdentifierAttachedV2 {
+                    customer_id: customer_id.clone(),
+                    identifiers: attaching.iter().map(|(_, id)| (*id).clone()).collect(),
+                    provenance: Some(provenance.clone()),
+                });
+                customer_events.push((attach, keyed_event_id(&inbound_id, "attach", &keys.join("\n")), None));
+            }
+            let activity = ActivityRecordedV1 {
+                customer_id: customer_id.clone(),
+                ..Default::default()
+            };
+            let activity = match whole {
+                true => ActivityRecordedV1 {
+                    provenance: Some(provenance.clone()),
+                    event_type: event.event_type().to_string(),
+                    observation: event.observation().cloned(),
+                    raw: header.raw.clone(),
+                    raw_content_type: header.raw_content_type.clone(),
+                    ..activity
+                },
+                false => activity,
+            };
+            let data = crate::events::encode_activity(
+                &customer_id,
+                Some(&provenance),
+                event.event_type(),
+                event.observation(),
+                &header.raw,
+                &header.raw_content_type,
+            );
+            let activity = CustomerEvent::ActivityRecorded(activity);
+            customer_events.push((activity, event_id(&inbound_id, "activity"), Some(data)));
+        }
         let expected = if creating && !redelivered_new {
             ExpectedRevision::NoStream
         } else {

@@ -186,10 +186,11 @@ impl Scenario {
                     "identity".to_string()
                 };
                 let mut detail = render(&ev, &mut aliases);
-                // An attachment that holds its identifiers' reservations (embedded store).
-                if let CustomerEvent::IdentifierAttached(a) = &ev {
+                // An attachment or registration that holds its identifiers' reservations
+                // (embedded store).
+                if let Some(held_here) = attached(&ev) {
                     let mut claimed = Vec::new();
-                    for i in &a.identifiers {
+                    for i in held_here {
                         let held = store.claimant(&crate::identity::reservation_stream(i)).await.unwrap();
                         if held.is_some_and(|h| h.event_id == e.event_id) {
                             claimed.push(identifier(i));
@@ -197,7 +198,7 @@ impl Scenario {
                     }
                     match claimed.len() {
                         0 => {}
-                        n if n == a.identifiers.len() => {
+                        n if n == held_here.len() => {
                             detail.push_str(if n == 1 { " (claims it)" } else { " (claims them)" })
                         }
                         _ => detail.push_str(&format!(" (claims {})", claimed.join(" "))),
@@ -231,13 +232,26 @@ fn identifier(i: &proto::customer::Identifier) -> String {
     format!("{}:{}{scope}", i.kind, i.normalized)
 }
 
+/// The identifiers an event attaches.
+fn attached(ev: &CustomerEvent) -> Option<&[proto::customer::Identifier]> {
+    match ev {
+        CustomerEvent::IdentifierAttached(a) => Some(&a.identifiers),
+        CustomerEvent::RegisteredWith(r) => Some(&r.identifiers),
+        _ => None,
+    }
+}
+
 fn render(ev: &CustomerEvent, aliases: &mut HashMap<String, String>) -> String {
     let id = |i: &Option<proto::customer::Identifier>| i.as_ref().map(identifier).unwrap_or_default();
     match ev {
         CustomerEvent::IdentifierClaimed(c) => {
             format!(" {} by {}", id(&c.identifier), alias_of(aliases, &c.customer_id))
         }
-        CustomerEvent::IdentifierAttached(a) => a.identifiers.iter().map(|i| format!(" {}", identifier(i))).collect(),
+        CustomerEvent::IdentifierAttached(_) | CustomerEvent::RegisteredWith(_) => attached(ev)
+            .unwrap_or_default()
+            .iter()
+            .map(|i| format!(" {}", identifier(i)))
+            .collect(),
         CustomerEvent::Merged(m) => {
             let e = m.evidence.clone().unwrap_or_default();
             let score = if e.rule == "shared_identifier" {
@@ -292,9 +306,7 @@ mod rules {
         given(vec![])
             .when(form("e1", &["phone=138 0013 8000", "email=ZW@Example.com"]))
             .then_expect(expect![[r#"
-                C1: CustomerRegisteredV1
-                C1: IdentifierAttachedV2 email:zw@example.com phone:+8613800138000 (claims them)
-                C1: ActivityRecordedV1
+                C1: CustomerRegisteredV2 email:zw@example.com phone:+8613800138000 (claims them)
             "#]]);
     }
 
@@ -349,9 +361,7 @@ mod rules {
         given(vec![form("e1", &["wechat_openid=oX@wx1"])])
             .when(form("e2", &["wechat_openid=oX@wx2"]))
             .then_expect(expect![[r#"
-                C2: CustomerRegisteredV1
-                C2: IdentifierAttachedV2 wechat_openid:oX@wx2 (claims it)
-                C2: ActivityRecordedV1
+                C2: CustomerRegisteredV2 wechat_openid:oX@wx2 (claims it)
             "#]]);
     }
 
@@ -360,8 +370,7 @@ mod rules {
         given(vec![form("e1", &["phone=138****8000"])])
             .when(form("e2", &["phone=138****8000"]))
             .then_expect(expect![[r#"
-                C2: CustomerRegisteredV1
-                C2: ActivityRecordedV1
+                C2: CustomerRegisteredV2
             "#]]);
     }
 }
@@ -383,9 +392,7 @@ mod matching_rules {
         given(vec![zhang("e1", &["phone=13800138000"])])
             .when(zhang("e2", &["email=zw@example.com"]))
             .then_expect(expect![[r#"
-                C2: CustomerRegisteredV1
-                C2: IdentifierAttachedV2 email:zw@example.com (claims it)
-                C2: ActivityRecordedV1
+                C2: CustomerRegisteredV2 email:zw@example.com (claims it)
                 C1: CustomersMergedV1 absorbed C2 (probabilistic p=1.00 by live matching)
                 C2: MergedIntoV1 survivor C1
             "#]]);
@@ -396,9 +403,7 @@ mod matching_rules {
         given(vec![zhang("e1", &["phone=13800138000"])])
             .when(person("e2", "张伟", ADDRESS, "", &["email=zw@example.com"]))
             .then_expect(expect![[r#"
-                C2: CustomerRegisteredV1
-                C2: IdentifierAttachedV2 email:zw@example.com (claims it)
-                C2: ActivityRecordedV1
+                C2: CustomerRegisteredV2 email:zw@example.com (claims it)
                 review: MatchReviewRequestedV1 C2 ~ C1 (review_band, p=0.57)
             "#]]);
     }
@@ -408,9 +413,7 @@ mod matching_rules {
         given(vec![zhang("e1", &["phone=13800138000"])])
             .when(person("e2", "张伟", "", "", &["phone=13800138001"]))
             .then_expect(expect![[r#"
-                C2: CustomerRegisteredV1
-                C2: IdentifierAttachedV2 phone:+8613800138001 (claims it)
-                C2: ActivityRecordedV1
+                C2: CustomerRegisteredV2 phone:+8613800138001 (claims it)
                 C1: CustomersMergedV1 absorbed C2 (probabilistic p=0.94 by live matching)
                 C2: MergedIntoV1 survivor C1
             "#]]);
@@ -427,9 +430,7 @@ mod matching_rules {
                 &["email=ln@example.com"],
             ))
             .then_expect(expect![[r#"
-                C2: CustomerRegisteredV1
-                C2: IdentifierAttachedV2 email:ln@example.com (claims it)
-                C2: ActivityRecordedV1
+                C2: CustomerRegisteredV2 email:ln@example.com (claims it)
             "#]]);
     }
 
@@ -490,11 +491,8 @@ mod matching_rules {
         ])
         .then_expect(expect![[r#"
             identity: IdentifierMarkedSharedV1 phone:+8613800138000 (3 customers > 2)
-            C2: CustomerRegisteredV1
-            C2: IdentifierAttachedV2 email:c@shop.com (claims it)
-            C2: ActivityRecordedV1
-            C3: CustomerRegisteredV1
-            C3: ActivityRecordedV1
+            C2: CustomerRegisteredV2 email:c@shop.com (claims it)
+            C3: CustomerRegisteredV2
         "#]]);
     }
 
@@ -573,6 +571,45 @@ mod matching_rules {
     }
 }
 
+/// A channel's retry received again later: the same inbound event with a new receipt time,
+/// so another new-customer id than the first delivery's.
+mod retried_later {
+    use super::hooked::Hooked;
+    use super::*;
+
+    fn received_at(mut event: InboundEvent, recorded_at_us: i64) -> InboundEvent {
+        if let InboundEvent::FormSubmitted(f) = &mut event {
+            f.header.get_or_insert_default().recorded_at_us = recorded_at_us;
+        }
+        event
+    }
+
+    /// Finds the customer the first delivery registered, and appends nothing: the
+    /// registration is this event's activity, and holds its identifiers (in the customer's
+    /// commit, or behind marker streams).
+    #[tokio::test]
+    async fn a_retry_of_the_event_that_registered_a_customer_appends_nothing() {
+        for markers in [false, true] {
+            let store: Arc<dyn EventStore> = Arc::new(Hooked {
+                markers,
+                ..Hooked::new(EmbeddedStore::temporary().unwrap())
+            });
+            let service = CustomerService::new(store.clone(), DomainConfig::default());
+            let ids = ["phone=13800138000", "email=zw@example.com"];
+            let first = service
+                .handle(&received_at(form("e1", &ids), 1_780_000_000_000_000))
+                .await
+                .unwrap();
+            assert!(first.created);
+            let retry = received_at(form("e1", &ids), 1_780_000_060_000_000);
+            let again = service.handle(&retry).await.unwrap();
+            assert_eq!(again.customer_id, first.customer_id, "markers: {markers}");
+            assert!(!again.created, "markers: {markers}");
+            assert_eq!(again.appended, 0, "markers: {markers}");
+        }
+    }
+}
+
 /// The crash window of a new customer: its claims are written, then the process stops
 /// before the customer's own stream is. The redelivered event must finish the job.
 mod crash_after_claims {
@@ -616,10 +653,7 @@ mod crash_after_claims {
         let resolution = service.handle(&event).await.unwrap();
         assert!(resolution.created);
         let log = store.read_all(None, usize::MAX).await.unwrap();
-        assert_eq!(
-            types(&log)[2..],
-            ["CustomerRegisteredV1", "IdentifierAttachedV2", "ActivityRecordedV1"]
-        );
+        assert_eq!(types(&log)[2..], ["CustomerRegisteredV2"]);
         assert_eq!(log[2].stream, format!("customer-{}", resolution.customer_id));
         // And once more: nothing.
         assert_eq!(service.handle(&event).await.unwrap().appended, 0);
@@ -639,10 +673,7 @@ mod crash_after_claims {
         assert!(resolution.created);
         let log = store.read_all(None, usize::MAX).await.unwrap();
         let types: Vec<&str> = log.iter().map(|e| e.event_type.as_str()).collect();
-        assert_eq!(
-            types,
-            ["CustomerRegisteredV1", "IdentifierAttachedV2", "ActivityRecordedV1"]
-        );
+        assert_eq!(types, ["CustomerRegisteredV2"]);
         for raw in ["email=zw@example.com", "phone=13800138000"] {
             let (kind, value) = raw.split_once('=').unwrap();
             let id = crate::identity::normalise(
@@ -657,8 +688,8 @@ mod crash_after_claims {
             let held = store.claimant(&crate::identity::reservation_stream(&id)).await.unwrap();
             assert_eq!(
                 held.map(|e| e.event_id),
-                Some(log[1].event_id),
-                "{raw} is held by the attachment"
+                Some(log[0].event_id),
+                "{raw} is held by the registration"
             );
         }
         assert_eq!(service.handle(&event).await.unwrap().appended, 0);
@@ -784,8 +815,11 @@ mod worker_commits_after_sync {
         bus.publish(record).await.unwrap();
     }
 
+    /// Activities, a new customer's (in its registration) among them.
     fn activities(log: &[RecordedEvent]) -> usize {
-        log.iter().filter(|e| e.event_type == "ActivityRecordedV1").count()
+        log.iter()
+            .filter(|e| ["ActivityRecordedV1", "CustomerRegisteredV2"].contains(&e.event_type.as_str()))
+            .count()
     }
 
     #[tokio::test]
@@ -871,10 +905,11 @@ mod worker_commits_after_sync {
 
         let log = store.read_all(None, usize::MAX).await.unwrap();
         assert_eq!(activities(&log), 2 * people);
-        let registered = log.iter().filter(|e| e.event_type == "CustomerRegisteredV1").count();
+        let registered = log.iter().filter(|e| e.event_type == "CustomerRegisteredV2").count();
         assert_eq!(registered, people, "each person's second form joined their customer");
         for p in 0..people {
             let stream_of = |round: usize| {
+                // The first form's activity is the customer's registration.
                 let id = crate::service::event_id(&format!("p{p}-r{round}"), "activity");
                 log.iter()
                     .find(|e| e.event_id == id)

@@ -772,7 +772,9 @@ impl Projector {
             }
             match CustomerEvent::from_recorded(e) {
                 Ok(ev) => {
-                    self.apply_one(overlay, &ev, e)?;
+                    for part in ev.into_parts() {
+                        self.apply_one(overlay, &part, e)?;
+                    }
                     applied += 1;
                 }
                 Err(err) => {
@@ -988,6 +990,12 @@ impl Projector {
                 }
             }
             CustomerEvent::MergedInto(_) | CustomerEvent::IdentifierClaimed(_) | CustomerEvent::Restored(_) => {}
+            // `apply_to` applies a registration's parts (without this copy); given whole, the same.
+            CustomerEvent::RegisteredWith(_) => {
+                for part in ev.clone().into_parts() {
+                    self.apply_one(o, &part, recorded)?;
+                }
+            }
         }
         Ok(())
     }
@@ -1752,10 +1760,12 @@ mod tests {
         assert_eq!(view.identifiers.len(), 2, "{view:?}");
     }
 
-    /// Streams written before V2 hold one `IdentifierAttachedV1` per identifier: they
-    /// project to the views the same identifiers attached in one V2 event give.
+    /// Streams written before V2 hold a `CustomerRegisteredV1`, one `IdentifierAttachedV1`
+    /// per identifier and an `ActivityRecordedV1` where a `CustomerRegisteredV2` stands now,
+    /// and one `IdentifierAttachedV1` per identifier where an `IdentifierAttachedV2` does:
+    /// they project to the same views.
     #[tokio::test]
-    async fn attachments_written_one_per_identifier_project_the_same_views() {
+    async fn streams_written_before_v2_project_the_same_views() {
         use prost::Message;
         let w = world();
         w.handle(&[
@@ -1774,36 +1784,57 @@ mod tests {
         ])
         .await;
         let log = w.store.read_all(None, usize::MAX).await.unwrap();
-        // The same log as V1 wrote it: each V2 attachment becomes one event per identifier.
-        let mut v1_log = Vec::new();
-        let mut shift = 0;
+        let types: Vec<&str> = log.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(
+            types,
+            ["CustomerRegisteredV2", "IdentifierAttachedV2", "ActivityRecordedV1"]
+        );
+        // The same log as V1 wrote it, each event at the next position and revision.
+        let mut v1_log: Vec<RecordedEvent> = Vec::new();
+        let mut revisions: HashMap<String, u64> = HashMap::new();
         for e in &log {
-            let at = |e: &RecordedEvent, n: u64| {
-                let mut e = e.clone();
-                e.position.commit += shift + n;
-                e.position.prepare += shift + n;
-                e
-            };
-            match CustomerEvent::from_recorded(e).unwrap() {
-                CustomerEvent::IdentifierAttached(a) => {
-                    assert_eq!(e.event_type, "IdentifierAttachedV2");
-                    for (n, ident) in a.identifiers.iter().enumerate() {
-                        let mut one = at(e, n as u64);
-                        one.event_type = "IdentifierAttachedV1".into();
-                        one.data = proto::customer::IdentifierAttachedV1 {
-                            customer_id: a.customer_id.clone(),
-                            identifier: Some(ident.clone()),
-                            provenance: a.provenance.clone(),
-                        }
-                        .encode_to_vec();
-                        v1_log.push(one);
-                    }
-                    shift += a.identifiers.len() as u64 - 1;
+            for part in CustomerEvent::from_recorded(e).unwrap().into_parts() {
+                let written = match part {
+                    CustomerEvent::IdentifierAttached(a) => a
+                        .identifiers
+                        .iter()
+                        .map(|ident| {
+                            let v1 = proto::customer::IdentifierAttachedV1 {
+                                customer_id: a.customer_id.clone(),
+                                identifier: Some(ident.clone()),
+                                provenance: a.provenance.clone(),
+                            };
+                            ("IdentifierAttachedV1", v1.encode_to_vec())
+                        })
+                        .collect(),
+                    other => vec![(other.type_name(), other.encode())],
+                };
+                for (event_type, data) in written {
+                    let revision = revisions.entry(e.stream.clone()).or_default();
+                    let n = v1_log.len() as u64;
+                    v1_log.push(RecordedEvent {
+                        event_type: event_type.into(),
+                        data,
+                        revision: *revision,
+                        position: GlobalPosition { commit: n, prepare: n },
+                        ..e.clone()
+                    });
+                    *revision += 1;
                 }
-                _ => v1_log.push(at(e, 0)),
             }
         }
-        assert_eq!(v1_log.len(), log.len() + 1, "e1's attachment held two identifiers");
+        let types: Vec<&str> = v1_log.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(
+            types,
+            [
+                "CustomerRegisteredV1",
+                "IdentifierAttachedV1",
+                "IdentifierAttachedV1",
+                "ActivityRecordedV1",
+                "IdentifierAttachedV1",
+                "ActivityRecordedV1"
+            ]
+        );
         let v2 = Projector::new(ViewStore::temporary().unwrap(), phonenumber::country::Id::CN);
         v2.apply(&log).unwrap();
         let v1 = Projector::new(ViewStore::temporary().unwrap(), phonenumber::country::Id::CN);
