@@ -5,14 +5,15 @@
 //!
 //! Order of writes (each step is safe to repeat after a crash):
 //! 1. merges: `CustomersMergedV1` in the survivor, then `MergedIntoV1` in the absorbed;
-//! 2. the customer stream gets, in one append, `CustomerRegisteredV1` (a new customer),
-//!    one `IdentifierAttachedV2` for the identifiers this event claims and
-//!    `ActivityRecordedV1`; the attachment claims the reservation of each identifier
-//!    nobody owned ([`EventStore::append_claiming`]): the embedded store takes the
-//!    reservations and the events in one commit, and `claimant` of each reservation is the
-//!    attachment; a store without a key index first writes `IdentifierClaimedV1` to each
-//!    reservation stream (expected: no stream), and a retry after a crash in between
-//!    recognises the claim as its own by its cause;
+//! 2. the customer stream gets one append: a new customer's `CustomerRegisteredV2`
+//!    (registration, the identifiers this event attaches, and its activity), or a
+//!    returning customer's `IdentifierAttachedV2` for the identifiers this event attaches
+//!    and `ActivityRecordedV1`. The registration or attachment claims the reservation of
+//!    each identifier nobody owned ([`EventStore::append_claiming`]): the embedded store
+//!    takes the reservations and the events in one commit, and `claimant` of each
+//!    reservation is that event; a store without a key index first writes
+//!    `IdentifierClaimedV1` to each reservation stream (expected: no stream), and a retry
+//!    after a crash in between recognises the claim as its own by its cause;
 //! 3. live probabilistic matching (only for an event no identifier resolved): the new
 //!    customer's stream is complete first, then above the merge threshold it is merged
 //!    into the matching customer (`CustomersMergedV1` rule "probabilistic", then
@@ -141,9 +142,9 @@ pub fn review_stream(review_id: &str) -> String {
 struct Claim {
     customer: String,
     cause: String,
-    /// The claimant is the attachment itself (the embedded store writes claim and
-    /// attachment in one commit), so the identifier is attached already. A marker
-    /// (`IdentifierClaimedV1`) may precede its attachment: a crash can come in between.
+    /// The claimant is the registration or attachment itself (the embedded store writes
+    /// claim and event in one commit), so the identifier is attached already. A marker
+    /// (`IdentifierClaimedV1`) may precede its event: a crash can come in between.
     attached: bool,
 }
 
@@ -501,8 +502,8 @@ impl CustomerService {
         Ok(state)
     }
 
-    /// Who holds the identifier whose reservation is `stream`: the attachment that claimed
-    /// it (embedded store), or an `IdentifierClaimedV1` in the reservation stream itself
+    /// Who holds the identifier whose reservation is `stream`: the registration or
+    /// attachment that claimed it (embedded store), or an `IdentifierClaimedV1` in the reservation stream itself
     /// (stores without a key index, and claims made before `append_claiming`).
     async fn claim_of(&self, stream: &str) -> Result<Option<Claim>, DomainError> {
         let Some(held) = self.store.claimant(stream).await? else {
@@ -756,7 +757,7 @@ impl CustomerService {
 
         let mut review = None;
         // A new customer's stream is written once, after its claims: registration,
-        // identifiers and activity in one append.
+        // identifiers and activity in one event.
         let creating = live.is_empty();
         let customer_id = match live.first() {
             Some(id) => id.clone(),
