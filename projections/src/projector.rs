@@ -25,16 +25,20 @@
 //! behind a 0x04 byte (earlier versions), reads as is ([`decode`]).
 //!
 //! The identifier index is kept in buckets: an entry's bucket is the log position of the
-//! event that wrote it divided by [`IDENT_BUCKET_EVENTS`] (65,536), so it is a function of
-//! the log (a rebuild writes the same keys) and a lookup tries the newest bucket first: an
-//! entry written later (a merge, a split) shadows an earlier one. `i/<kind:scope:value>` is
-//! the index as versions before the buckets wrote it, read last and never written. Why
-//! buckets: identifiers are random keys; in one key range each new one dirtied a page of
-//! its own that the small cache had to read back and write out (a million-row import: 1.8M
-//! of them, ~28 s of CPU). A bucket's ~20–25k entries stay in the cache and the write buffer
-//! between durable commits, so a page is read once and written once per durable commit, not
-//! once per entry. The price is one B-tree get per bucket on a lookup (79 buckets after a
-//! million-row import, 5.2M events).
+//! event that wrote it divided by the store's events per bucket ([`IDENT_BUCKET_EVENTS`],
+//! 16,384, recorded in `m/ident-bucket-events` when the store is made; a store made before
+//! that was recorded keeps 65,536), so it is a function of the log (a rebuild writes the
+//! same keys) and a lookup tries the newest bucket first: an entry written later (a merge,
+//! a split) shadows an earlier one. `i/<kind:scope:value>` is the index as versions before
+//! the buckets wrote it, read last and never written. Why buckets: identifiers are random
+//! keys; in one key range each new one dirtied a page of its own that the small cache had
+//! to read back and write out (a million-row import: 1.8M of them, ~28 s of CPU). A
+//! bucket's entries (~28k at 1.7 identifiers an event) stay in the cache and the write
+//! buffer between durable commits, so a page is read once and written once per durable
+//! commit, not once per entry. The price is one B-tree get per bucket on a lookup (65
+//! buckets after a million-row import, 1.05M events). Why 16,384: since a new customer is
+//! one event, 65,536 events hold ~2.4 times the identifiers they did, and the projector
+//! read 6.7 GB and wrote 8.6 GB in a million-row import instead of 4.0 and 6.0 GB.
 //!
 //! Lookups of `a/` and `o/` keys that do not exist are answered from memory
 //! ([`store::filter::KeyFilter`], filled at open, keys added before the commit that writes
@@ -139,17 +143,21 @@ fn view_key(id: &str) -> Vec<u8> {
 fn alias_key(id: &str) -> Vec<u8> {
     format!("a/{id}").into_bytes()
 }
-/// Events per identifier-index bucket (see the module docs).
-const IDENT_BUCKET_EVENTS: u64 = 1 << 16;
+/// Events per identifier-index bucket in a view store made now (see the module docs).
+const IDENT_BUCKET_EVENTS: u64 = 1 << 14;
+/// Events per bucket in a view store written before the size was recorded.
+const IDENT_BUCKET_EVENTS_UNRECORDED: u64 = 1 << 16;
+/// The store's events per bucket (u64 BE), written when the store is made.
+const IDENT_BUCKET_KEY: &[u8] = b"m/ident-bucket-events";
 
-/// The identifier-index bucket of an event at `position`.
-fn ident_bucket(position: GlobalPosition) -> u32 {
-    u32::try_from(position.commit / IDENT_BUCKET_EVENTS).unwrap_or(u32::MAX)
+/// The identifier-index bucket of an event at `position`, `events` per bucket.
+fn ident_bucket(events: u64, position: GlobalPosition) -> u32 {
+    u32::try_from(position.commit / events.max(1)).unwrap_or(u32::MAX)
 }
 
-/// The identifier-index key written by the event at `position`.
-fn ident_key(position: GlobalPosition, kind: &str, scope: &str, normalized: &str) -> Vec<u8> {
-    bucket_ident_key(ident_bucket(position), kind, scope, normalized)
+/// The identifier-index key written by the event at `position`, `events` per bucket.
+fn ident_key(events: u64, position: GlobalPosition, kind: &str, scope: &str, normalized: &str) -> Vec<u8> {
+    bucket_ident_key(ident_bucket(events, position), kind, scope, normalized)
 }
 
 /// `j/<bucket BE u32><kind:scope:value>`.
@@ -282,6 +290,8 @@ pub struct ViewStore {
     customers: std::sync::Arc<store::filter::KeyFilter>,
     /// When the last durable commit was made.
     last_durable: std::sync::Arc<std::sync::Mutex<std::time::Instant>>,
+    /// Events per identifier-index bucket: as recorded in the store (see the module docs).
+    bucket_events: u64,
 }
 
 type ViewTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
@@ -308,13 +318,33 @@ impl ViewStore {
 
     fn from_db(db: redb::Database) -> Result<Self, ProjectionError> {
         let write = db.begin_write()?;
-        write.open_table(VIEWS)?;
+        let bucket_events = {
+            use redb::ReadableTable;
+            let mut table = write.open_table(VIEWS)?;
+            let recorded = table
+                .get(IDENT_BUCKET_KEY)?
+                .and_then(|v| <[u8; 8]>::try_from(v.value()).ok().map(u64::from_be_bytes));
+            match recorded {
+                Some(events) => events,
+                None => {
+                    // A store with a checkpoint and no size was written by a version whose
+                    // buckets were 65,536 events: it keeps them. A new store records its own.
+                    let events = match table.get(CHECKPOINT)? {
+                        Some(_) => IDENT_BUCKET_EVENTS_UNRECORDED,
+                        None => IDENT_BUCKET_EVENTS,
+                    };
+                    table.insert(IDENT_BUCKET_KEY, events.to_be_bytes().as_slice())?;
+                    events
+                }
+            }
+        };
         write.commit()?;
         let customers = customer_filter(&db)?;
         Ok(ViewStore {
             db: std::sync::Arc::new(db),
             customers: std::sync::Arc::new(customers),
             last_durable: std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
+            bucket_events,
         })
     }
 
@@ -399,7 +429,7 @@ impl ViewStore {
         // index of earlier versions; buckets up to the checkpoint this snapshot holds.
         let table = self.table()?;
         let checkpoint = table.get(CHECKPOINT)?.and_then(|v| decode_position(v.value()));
-        let newest = checkpoint.map_or(0, ident_bucket);
+        let newest = checkpoint.map_or(0, |c| ident_bucket(self.bucket_events, c));
         let keys = (0..=newest)
             .rev()
             .map(|bucket| bucket_ident_key(bucket, kind, scope, normalized))
@@ -600,6 +630,8 @@ pub type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
 /// tree. Without a store it is a whole view store in memory (a rebuild from position zero).
 struct Overlay<'a> {
     store: Option<&'a ViewStore>,
+    /// Events per identifier-index bucket (the live store's, in a rebuild too).
+    bucket_events: u64,
     views: HashMap<String, Option<CustomerView>>,
     /// Own views (`o/`), same read-through rule.
     owns: HashMap<String, Option<CustomerView>>,
@@ -673,6 +705,13 @@ impl<'a> Overlay<'a> {
         self.writes.insert(key, Some(value));
     }
 
+    /// Points an identifier at customer `id` in the identifier index, as of the event at
+    /// `position`.
+    fn put_ident(&mut self, position: GlobalPosition, (kind, scope, normalized): (&str, &str, &str), id: &str) {
+        let key = ident_key(self.bucket_events, position, kind, scope, normalized);
+        self.put(key, id.as_bytes().to_vec());
+    }
+
     fn remove(&mut self, key: Vec<u8>) {
         self.writes.insert(key, None);
     }
@@ -737,6 +776,7 @@ impl Projector {
         let checkpoint = self.views.checkpoint()?;
         let mut overlay = Overlay {
             store: Some(&self.views),
+            bucket_events: self.views.bucket_events,
             views: HashMap::new(),
             owns: HashMap::new(),
             writes: BTreeMap::new(),
@@ -793,6 +833,7 @@ impl Projector {
             projector: self,
             overlay: Overlay {
                 store: None,
+                bucket_events: self.views.bucket_events,
                 views: HashMap::new(),
                 owns: HashMap::new(),
                 writes: BTreeMap::new(),
@@ -843,10 +884,7 @@ impl Projector {
                     }
                 }
                 for ident in &a.identifiers {
-                    o.put(
-                        ident_key(recorded.position, &ident.kind, &ident.scope, &ident.normalized),
-                        id.clone().into_bytes(),
-                    );
+                    o.put_ident(recorded.position, (&ident.kind, &ident.scope, &ident.normalized), &id);
                 }
             }
             CustomerEvent::ActivityRecorded(a) => {
@@ -908,9 +946,10 @@ impl Projector {
                 o.views.insert(absorbed.clone(), None);
                 o.put(alias_key(&absorbed), survivor.clone().into_bytes());
                 for ident in &gone.identifiers {
-                    o.put(
-                        ident_key(recorded.position, &ident.kind, &ident.scope, &ident.normalized),
-                        survivor.clone().into_bytes(),
+                    o.put_ident(
+                        recorded.position,
+                        (&ident.kind, &ident.scope, &ident.normalized),
+                        &survivor,
                     );
                 }
                 for ch in &gone.channels {
@@ -1046,7 +1085,8 @@ pub struct ViewDigest {
 
 impl ViewDigest {
     pub fn add(&mut self, k: &[u8], v: &[u8]) {
-        if k == CHECKPOINT {
+        // The checkpoint and the store's settings are not views.
+        if k.starts_with(b"m/") {
             return;
         }
         self.hasher.update(&(k.len() as u64).to_le_bytes());
@@ -1167,10 +1207,7 @@ fn split_views(
             o.put(channel_key(&ch.channel, id), Vec::new());
         }
         for i in &view.identifiers {
-            o.put(
-                ident_key(recorded.position, &i.kind, &i.scope, &i.normalized),
-                id.clone().into_bytes(),
-            );
+            o.put_ident(recorded.position, (&i.kind, &i.scope, &i.normalized), id);
         }
     }
     let from = timeline_prefix(&root);
@@ -1683,8 +1720,10 @@ mod tests {
             commit,
             prepare: commit,
         };
-        let ident =
-            |p: u64, email: &str, id: &str| (ident_key(at(p), "email", "", email), Some(id.as_bytes().to_vec()));
+        let ident = |p: u64, email: &str, id: &str| {
+            let key = ident_key(IDENT_BUCKET_EVENTS, at(p), "email", "", email);
+            (key, Some(id.as_bytes().to_vec()))
+        };
         let third = 2 * IDENT_BUCKET_EVENTS + 5;
         views
             .commit_writes(
@@ -1721,6 +1760,88 @@ mod tests {
             "the legacy index is still read"
         );
         assert_eq!(owner("none@x.cn"), None);
+    }
+
+    /// A view store records its bucket size when made; one written before sizes were
+    /// recorded (a checkpoint, no size) keeps 65,536 events a bucket, so its keys stay
+    /// those a rebuild of it writes.
+    #[test]
+    fn a_view_store_keeps_the_bucket_size_it_was_made_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("fresh");
+        assert_eq!(
+            ViewStore::open(&fresh, 1 << 20).unwrap().bucket_events,
+            IDENT_BUCKET_EVENTS
+        );
+        assert_eq!(
+            ViewStore::open(&fresh, 1 << 20).unwrap().bucket_events,
+            IDENT_BUCKET_EVENTS
+        );
+
+        let old = dir.path().join("old");
+        std::fs::create_dir_all(&old).unwrap();
+        {
+            let db = redb::Database::create(old.join(FILE)).unwrap();
+            let write = db.begin_write().unwrap();
+            let at = GlobalPosition { commit: 9, prepare: 9 };
+            write
+                .open_table(VIEWS)
+                .unwrap()
+                .insert(CHECKPOINT, encode_position(at).as_slice())
+                .unwrap();
+            write.commit().unwrap();
+        }
+        let views = ViewStore::open(&old, 1 << 20).unwrap();
+        assert_eq!(views.bucket_events, IDENT_BUCKET_EVENTS_UNRECORDED);
+        // Its identifiers go on into 65,536-event buckets; the digest ignores the setting.
+        let projector = Projector::new(views.clone(), phonenumber::country::Id::CN);
+        let e = CustomerEvent::IdentifierAttached(proto::customer::IdentifierAttachedV2 {
+            customer_id: "c1".into(),
+            identifiers: vec![Identifier {
+                kind: "email".into(),
+                normalized: "a@x.cn".into(),
+                ..Default::default()
+            }],
+            provenance: None,
+        })
+        .to_new(uuid::Uuid::nil());
+        let p = 3 * IDENT_BUCKET_EVENTS_UNRECORDED + 5;
+        let recorded = RecordedEvent {
+            stream: "customer-c1".into(),
+            revision: 1,
+            position: GlobalPosition { commit: p, prepare: p },
+            event_id: e.event_id,
+            event_type: e.event_type,
+            data: e.data,
+            metadata: Vec::new(),
+            recorded_at_us: 0,
+        };
+        projector.apply(std::slice::from_ref(&recorded)).unwrap();
+        assert!(
+            views
+                .get(&bucket_ident_key(3, "email", "", "a@x.cn"))
+                .unwrap()
+                .is_some()
+        );
+        let mut rebuild = projector.rebuild();
+        rebuild.apply(std::slice::from_ref(&recorded)).unwrap();
+        let entries = rebuild.into_entries().unwrap();
+        let mut digest = ViewDigest::default();
+        for (k, v) in &entries {
+            digest.add(k, v);
+        }
+        assert_eq!(
+            digest.finish(),
+            views.digest().unwrap(),
+            "rebuilt as the live store wrote it"
+        );
+        drop(projector);
+        drop(views);
+        assert_eq!(
+            ViewStore::open(&old, 1 << 20).unwrap().bucket_events,
+            IDENT_BUCKET_EVENTS_UNRECORDED,
+            "recorded at the first open"
+        );
     }
 
     #[tokio::test]
