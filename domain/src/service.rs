@@ -253,7 +253,7 @@ pub(crate) async fn append_typed(
 
 /// An event for [`append_claiming`]: the event, its id, and what to write when not the
 /// event's own encoding. Given only for an activity, written from the inbound event's parts
-/// ([`crate::events::encode_activity`]); the event is then what the matching state notes:
+/// ([`crate::events::ActivityParts`]); the event is then what the matching state notes:
 /// a new customer's activity without its observation (see [`OwnAppends`]).
 type Outgoing = (CustomerEvent, uuid::Uuid, Option<Vec<u8>>);
 
@@ -850,6 +850,14 @@ impl CustomerService {
         // scoring worked out.
         let noting = self.own().map(|own| (own, worked_out));
         let whole = matches!(noting, Some((_, None)));
+        let parts = crate::events::ActivityParts {
+            customer_id: &customer_id,
+            provenance: Some(&provenance),
+            event_type: event.event_type(),
+            observation: event.observation(),
+            raw: &header.raw,
+            raw_content_type: &header.raw_content_type,
+        };
         let mut customer_events = Vec::new();
         if creating {
             // One event: registration, identifiers and activity. Its id is the activity's:
@@ -858,35 +866,17 @@ impl CustomerService {
             // channel's retry, received again later), and whether V2 or V1 (registration,
             // attachments, activity) wrote the first delivery.
             let ids: Vec<&Identifier> = attaching.iter().map(|(_, id)| *id).collect();
-            let data = crate::events::encode_registration(
-                &customer_id,
-                Some(&provenance),
-                event.event_type(),
-                event.observation(),
-                &header.raw,
-                &header.raw_content_type,
-                &ids,
-            );
-            let registered = CustomerRegisteredV2 {
-                customer_id: customer_id.clone(),
-                ..Default::default()
-            };
             let registered = match whole {
-                true => CustomerRegisteredV2 {
-                    provenance: Some(provenance.clone()),
-                    event_type: event.event_type().to_string(),
-                    observation: event.observation().cloned(),
-                    raw: header.raw.clone(),
-                    raw_content_type: header.raw_content_type.clone(),
-                    identifiers: ids.into_iter().cloned().collect(),
-                    ..registered
+                true => parts.to_registration(&ids),
+                false => CustomerRegisteredV2 {
+                    customer_id: customer_id.clone(),
+                    ..Default::default()
                 },
-                false => registered,
             };
             customer_events.push((
                 CustomerEvent::RegisteredWith(registered),
                 event_id(&inbound_id, "activity"),
-                Some(data),
+                Some(parts.encode_registration(&ids)),
             ));
         } else {
             if !attaching.is_empty() {
@@ -901,31 +891,18 @@ impl CustomerService {
                 });
                 customer_events.push((attach, keyed_event_id(&inbound_id, "attach", &keys.join("\n")), None));
             }
-            let activity = ActivityRecordedV1 {
-                customer_id: customer_id.clone(),
-                ..Default::default()
-            };
             let activity = match whole {
-                true => ActivityRecordedV1 {
-                    provenance: Some(provenance.clone()),
-                    event_type: event.event_type().to_string(),
-                    observation: event.observation().cloned(),
-                    raw: header.raw.clone(),
-                    raw_content_type: header.raw_content_type.clone(),
-                    ..activity
+                true => parts.to_activity(),
+                false => ActivityRecordedV1 {
+                    customer_id: customer_id.clone(),
+                    ..Default::default()
                 },
-                false => activity,
             };
-            let data = crate::events::encode_activity(
-                &customer_id,
-                Some(&provenance),
-                event.event_type(),
-                event.observation(),
-                &header.raw,
-                &header.raw_content_type,
-            );
-            let activity = CustomerEvent::ActivityRecorded(activity);
-            customer_events.push((activity, event_id(&inbound_id, "activity"), Some(data)));
+            customer_events.push((
+                CustomerEvent::ActivityRecorded(activity),
+                event_id(&inbound_id, "activity"),
+                Some(parts.encode_activity()),
+            ));
         }
         let expected = if creating && !redelivered_new {
             ExpectedRevision::NoStream
@@ -1099,7 +1076,15 @@ mod tests {
             subject: Some(subject),
             ..Default::default()
         };
-        let data = crate::events::encode_activity("c1", None, "form", Some(&observation), b"", "");
+        let data = crate::events::ActivityParts {
+            customer_id: "c1",
+            provenance: None,
+            event_type: "form",
+            observation: Some(&observation),
+            raw: b"",
+            raw_content_type: "",
+        }
+        .encode_activity();
         let slim = CustomerEvent::ActivityRecorded(ActivityRecordedV1 {
             customer_id: "c1".into(),
             ..Default::default()
