@@ -36,7 +36,7 @@
 //! bucket's entries (~28k at 1.7 identifiers an event) stay in the cache and the write
 //! buffer between durable commits, so a page is read once and written once per durable
 //! commit, not once per entry. The price is one B-tree get per bucket on a lookup (65
-//! buckets after a million-row import, 1.05M events). Why 16,384: since a new customer is
+//! buckets after a million-row import, ~1.03M events). Why 16,384: since a new customer is
 //! one event, 65,536 events hold ~2.4 times the identifiers they did, and the projector
 //! read 6.7 GB and wrote 8.6 GB in a million-row import instead of 4.0 and 6.0 GB.
 //!
