@@ -252,9 +252,10 @@ pub(crate) async fn append_typed(
 }
 
 /// An event for [`append_claiming`]: the event, its id, and what to write when not the
-/// event's own encoding. Given only for an activity, written from the inbound event's parts
-/// ([`crate::events::ActivityParts`]); the event is then what the matching state notes:
-/// a new customer's activity without its observation (see [`OwnAppends`]).
+/// event's own encoding. Given only for an activity or a registration, written from the
+/// inbound event's parts ([`crate::events::ActivityParts`]); the event is then what the
+/// matching state notes: a new customer's registration without its observation (see
+/// [`OwnAppends`]).
 type Outgoing = (CustomerEvent, uuid::Uuid, Option<Vec<u8>>);
 
 /// [`append_typed`] that also claims identifiers ([`EventStore::append_claiming`]); the
@@ -295,7 +296,7 @@ async fn append_claiming(
 /// event's position is known; anything else (other writers, redeliveries) is read from the
 /// log as before. A pure function of the log still: a noted event is the one at its position.
 ///
-/// A new customer's activity is noted with what its decision worked out
+/// A new customer's registration (its activity) is noted with what its decision worked out
 /// ([`PreparedActivity`]) and without its observation, which only that needs. Should it no
 /// longer apply (one of its identifiers marked shared since), the catch-up reads the
 /// activity back from the log instead.
@@ -304,7 +305,7 @@ pub struct OwnAppends {
     events: std::sync::Mutex<BTreeMap<GlobalPosition, Noted>>,
 }
 
-/// A noted event ([`MatchState::relevant`] ones only) and, for a new customer's activity,
+/// A noted event ([`MatchState::relevant`] ones only) and, for a new customer's registration,
 /// what its decision worked out for the matching state. Boxed: the map's inserts and
 /// removals shift entries within a node, and an activity is several hundred bytes.
 type Noted = Option<Box<(CustomerEvent, Option<PreparedActivity>)>>;
@@ -503,8 +504,9 @@ impl CustomerService {
     }
 
     /// Who holds the identifier whose reservation is `stream`: the registration or
-    /// attachment that claimed it (embedded store), or an `IdentifierClaimedV1` in the reservation stream itself
-    /// (stores without a key index, and claims made before `append_claiming`).
+    /// attachment that claimed it (embedded store), or an `IdentifierClaimedV1` in the
+    /// reservation stream itself (stores without a key index, and claims made before
+    /// `append_claiming`).
     async fn claim_of(&self, stream: &str) -> Result<Option<Claim>, DomainError> {
         let Some(held) = self.store.claimant(stream).await? else {
             return Ok(None);
@@ -542,6 +544,7 @@ impl CustomerService {
             .filter(|c| c.cause == inbound_id && !c.attached)
             .map(|c| c.customer.clone())
             .collect();
+        customers.sort();
         customers.dedup();
         for customer in customers {
             let stream = identity::customer_stream(&customer);
@@ -813,11 +816,11 @@ impl CustomerService {
             absorbed.push(other.clone());
         }
 
-        // Attach what this event claims (now, or in an earlier attempt whose attachment
-        // is not written yet), and claim what nobody owns yet, in the same append: one
-        // attachment holds the reservations of all the identifiers it claims (a store
-        // without a key index writes an `IdentifierClaimedV1` to each reservation stream
-        // first instead).
+        // Attach what this event claims (now, or in an earlier attempt whose registration
+        // or attachment is not written yet), and claim what nobody owns yet, in the same
+        // append: one event (the registration, or the attachment) holds the reservations
+        // of all the identifiers it claims (a store without a key index writes an
+        // `IdentifierClaimedV1` to each reservation stream first instead).
         let attaching: Vec<(&String, &Identifier)> = identifiers
             .iter()
             .filter(|(key, _)| {
@@ -1024,12 +1027,12 @@ mod tests {
         assert_eq!(state.position(), store.last_position());
     }
 
-    /// A new customer's activity is noted without its observation. When one of its
-    /// identifiers was marked shared between its decision and the catch-up (another task's
-    /// append landed first in the log), the catch-up reads the activity back and applies
-    /// it as the log has it.
+    /// A new customer's registration (its activity) is noted without its observation. When
+    /// one of its identifiers was marked shared between its decision and the catch-up
+    /// (another task's append landed first in the log), the catch-up reads the registration
+    /// back and applies it as the log has it.
     #[tokio::test]
-    async fn a_noted_activity_whose_identifier_was_marked_shared_since_is_read_back() {
+    async fn a_noted_registration_whose_identifier_was_marked_shared_since_is_read_back() {
         use proto::inbound::{Observation, RawIdentifier, SubjectData};
         let store: Arc<dyn EventStore> = Arc::new(store::embedded::EmbeddedStore::temporary().unwrap());
         let service = CustomerService::new(store.clone(), DomainConfig::default());
@@ -1071,7 +1074,7 @@ mod tests {
         )
         .await
         .unwrap();
-        // Then the activity, noted without its observation.
+        // Then the registration, noted without its observation.
         let observation = Observation {
             subject: Some(subject),
             ..Default::default()
@@ -1084,8 +1087,8 @@ mod tests {
             raw: b"",
             raw_content_type: "",
         }
-        .encode_activity();
-        let slim = CustomerEvent::ActivityRecorded(ActivityRecordedV1 {
+        .encode_registration(&[&phone]);
+        let slim = CustomerEvent::RegisteredWith(CustomerRegisteredV2 {
             customer_id: "c1".into(),
             ..Default::default()
         });
