@@ -739,8 +739,12 @@ impl<'a> Overlay<'a> {
         for (id, view) in self.views {
             batch.push((view_key(&id), view.map(|v| encode(&id, &v)).transpose()?));
         }
+        // An own view is never removed: `None` is a lookup that found none, nothing to write
+        // (it was a removal of an absent key for every customer a batch touched).
         for (id, view) in self.owns {
-            batch.push((own_key(&id), view.map(|v| encode(&id, &v)).transpose()?));
+            if let Some(v) = view {
+                batch.push((own_key(&id), Some(encode(&id, &v)?)));
+            }
         }
         batch.extend(self.writes);
         batch.push((CHECKPOINT.to_vec(), Some(encode_position(position))));
@@ -857,7 +861,11 @@ impl Projector {
                     .map(|p| p.occurred_at_us)
                     .unwrap_or(recorded.recorded_at_us);
                 // A stream's first event registers a customer id nothing has named before:
-                // it has no view to read (a page the small cache has mostly lost).
+                // it has no view to read (a page the small cache has mostly lost), nor an own
+                // view (kept from a customer's first merge on) for its next events to look up.
+                if recorded.revision == 0 {
+                    o.owns.insert(r.customer_id.clone(), None);
+                }
                 if recorded.revision == 0 || o.view(&id)?.is_none() {
                     o.views.insert(
                         id.clone(),
