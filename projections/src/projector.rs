@@ -639,6 +639,17 @@ struct Overlay<'a> {
 }
 
 impl<'a> Overlay<'a> {
+    /// Nothing applied yet, reading through to `store` (none: a rebuild from position zero).
+    fn new(store: Option<&'a ViewStore>, bucket_events: u64) -> Self {
+        Overlay {
+            store,
+            bucket_events,
+            views: HashMap::new(),
+            owns: HashMap::new(),
+            writes: BTreeMap::new(),
+        }
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
         match self.writes.get(key) {
             Some(v) => Ok(v.clone()),
@@ -778,13 +789,7 @@ impl Projector {
     /// Events at or before the checkpoint are skipped.
     pub fn apply(&self, events: &[RecordedEvent]) -> Result<usize, ProjectionError> {
         let checkpoint = self.views.checkpoint()?;
-        let mut overlay = Overlay {
-            store: Some(&self.views),
-            bucket_events: self.views.bucket_events,
-            views: HashMap::new(),
-            owns: HashMap::new(),
-            writes: BTreeMap::new(),
-        };
+        let mut overlay = Overlay::new(Some(&self.views), self.views.bucket_events);
         let (applied, last) = self.apply_to(&mut overlay, events, checkpoint)?;
         if let Some(last) = last {
             overlay.commit(last)?;
@@ -816,9 +821,7 @@ impl Projector {
             }
             match CustomerEvent::from_recorded(e) {
                 Ok(ev) => {
-                    for part in ev.into_parts() {
-                        self.apply_one(overlay, &part, e)?;
-                    }
+                    self.apply_one(overlay, ev, e)?;
                     applied += 1;
                 }
                 Err(err) => {
@@ -835,13 +838,7 @@ impl Projector {
     pub fn rebuild(&self) -> Rebuild<'_> {
         Rebuild {
             projector: self,
-            overlay: Overlay {
-                store: None,
-                bucket_events: self.views.bucket_events,
-                views: HashMap::new(),
-                owns: HashMap::new(),
-                writes: BTreeMap::new(),
-            },
+            overlay: Overlay::new(None, self.views.bucket_events),
             last: None,
         }
     }
@@ -849,10 +846,16 @@ impl Projector {
     fn apply_one(
         &self,
         o: &mut Overlay<'_>,
-        ev: &CustomerEvent,
+        ev: CustomerEvent,
         recorded: &RecordedEvent,
     ) -> Result<(), ProjectionError> {
-        match ev {
+        match &ev {
+            // Applied as the registration, attachment and activity it stands for.
+            CustomerEvent::RegisteredWith(_) => {
+                for part in ev.into_parts() {
+                    self.apply_one(o, part, recorded)?;
+                }
+            }
             CustomerEvent::Registered(r) => {
                 let id = o.resolve(&r.customer_id)?;
                 let at = r
@@ -1037,12 +1040,6 @@ impl Projector {
                 }
             }
             CustomerEvent::MergedInto(_) | CustomerEvent::IdentifierClaimed(_) | CustomerEvent::Restored(_) => {}
-            // `apply_to` applies a registration's parts (without this copy); given whole, the same.
-            CustomerEvent::RegisteredWith(_) => {
-                for part in ev.clone().into_parts() {
-                    self.apply_one(o, &part, recorded)?;
-                }
-            }
         }
         Ok(())
     }
