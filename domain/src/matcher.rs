@@ -182,8 +182,8 @@ type Groups = SmallVec<[Group; 1]>;
 /// a million customers is the difference between ~35 and ~90 MiB.
 #[derive(Debug, Default)]
 struct Companions {
-    one: HashMap<u64, u64>,
-    many: HashMap<u64, Groups>,
+    one: hashbrown::HashMap<u64, u64>,
+    many: hashbrown::HashMap<u64, Groups>,
 }
 
 impl Companions {

@@ -29,7 +29,7 @@ pub enum Decision {
 
 /// A record normalised once to be scored and then stored ([`LiveIndex::prepare`]).
 #[derive(Debug, Clone)]
-pub struct Prepared(PreparedRecord);
+pub struct Prepared(PreparedRecord, Row);
 
 /// One known customer scored against an incoming record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -125,8 +125,8 @@ impl Ids {
 /// matters at a million customers; keys shared by several slots have a list.
 #[derive(Debug, Default)]
 struct Postings {
-    single: HashMap<u64, u32>,
-    multi: HashMap<u64, Posting>,
+    single: hashbrown::HashMap<u64, u32>,
+    multi: hashbrown::HashMap<u64, Posting>,
 }
 
 impl Postings {
@@ -261,22 +261,23 @@ impl LiveIndex {
     /// Adds a customer, replacing any record already stored under `id`.
     pub fn insert(&mut self, id: impl Into<String>, record: &Record) {
         let id: String = id.into();
-        let prepared = self.store.prepare(record, &ALL_FIELDS);
-        self.put(&id, prepared);
+        let (prepared, hints) = self.store.prepare_hinted(record, &ALL_FIELDS);
+        self.put(&id, prepared, hints);
     }
 
     /// Adds a customer, or lays `update` over its stored record: the fields `update` has
     /// replace the stored ones, the others stay. Equivalent to `insert` with the overlaid raw
     /// record (normalisation is per field), without keeping raw records.
     pub fn upsert(&mut self, id: &str, update: &Record) {
-        let prepared = self.overlaid(id, update);
-        self.put(id, prepared);
+        let (prepared, hints) = self.overlaid(id, update);
+        self.put(id, prepared, hints);
     }
 
     /// Normalises `record` once for [`LiveIndex::score_prepared_record`] and
     /// [`LiveIndex::upsert_prepared`] (a new customer is scored, then stored).
     pub fn prepare(&self, record: &Record) -> Prepared {
-        Prepared(self.store.prepare(record, &ALL_FIELDS))
+        let (prepared, hints) = self.store.prepare_hinted(record, &ALL_FIELDS);
+        Prepared(prepared, hints)
     }
 
     /// [`LiveIndex::score_candidates`] of a prepared record.
@@ -287,27 +288,30 @@ impl LiveIndex {
     /// [`LiveIndex::upsert`] of a prepared record (the same result, without normalising
     /// it again).
     pub fn upsert_prepared(&mut self, id: &str, update: Prepared) {
-        let prepared = self.over_base(id, update.0);
-        self.put(id, prepared);
+        let (prepared, hints) = self.over_base(id, update.0, update.1);
+        self.put(id, prepared, hints);
     }
 
     /// `update` normalised, with `base`'s stored entries for the fields it lacks (`update`
-    /// alone when `base` is unknown).
-    fn overlaid(&self, base: &str, update: &Record) -> PreparedRecord {
-        self.over_base(base, self.store.prepare(update, &ALL_FIELDS))
+    /// alone when `base` is unknown); and the ids of its values in the store, where known.
+    fn overlaid(&self, base: &str, update: &Record) -> (PreparedRecord, Row) {
+        let (prepared, hints) = self.store.prepare_hinted(update, &ALL_FIELDS);
+        self.over_base(base, prepared, hints)
     }
 
-    /// `prepared` with `base`'s stored entries for the fields it lacks.
-    fn over_base(&self, base: &str, mut prepared: PreparedRecord) -> PreparedRecord {
+    /// `prepared` with `base`'s stored entries for the fields it lacks (and their ids in
+    /// `hints`).
+    fn over_base(&self, base: &str, mut prepared: PreparedRecord, mut hints: Row) -> (PreparedRecord, Row) {
         if let Some(slot) = self.slot_of(base) {
             let row = &self.slots[slot as usize].row;
-            for (field, entry) in prepared.iter_mut().zip(self.store.view(row)) {
+            for (i, (field, entry)) in prepared.iter_mut().zip(self.store.view(row)).enumerate() {
                 if field.is_none() {
                     *field = entry.cloned();
+                    hints[i] = row[i];
                 }
             }
         }
-        prepared
+        (prepared, hints)
     }
 
     /// The live slot of `id`.
@@ -318,10 +322,10 @@ impl LiveIndex {
             .copied()
     }
 
-    fn put(&mut self, id: &str, prepared: PreparedRecord) {
+    fn put(&mut self, id: &str, prepared: PreparedRecord, hints: Row) {
         self.remove(id);
         let sketches = sketches_of(&view_of(&prepared));
-        let row = self.store.intern(prepared);
+        let row = self.store.intern_hinted(prepared, &hints);
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -383,7 +387,7 @@ impl LiveIndex {
     /// [`LiveIndex::score_candidates`] for `update` laid over `base`'s stored record (as
     /// [`LiveIndex::upsert`] would store it); `update` alone when `base` is unknown.
     pub fn score_candidates_over(&self, base: &str, update: &Record) -> Vec<ScoredCandidate> {
-        self.score_prepared(&self.overlaid(base, update))
+        self.score_prepared(&self.overlaid(base, update).0)
     }
 
     /// An empty record has no blocking keys, hence no candidates.
@@ -580,6 +584,44 @@ mod tests {
             .map(|s| s.id)
             .collect();
         assert_eq!(found, vec![a.to_string()]);
+    }
+
+    #[test]
+    fn an_intern_with_any_hint_stores_what_one_without_stores() {
+        use crate::store::NULL;
+        let record = |name: &str, phone: &str| Record::new().with(Field::FullName, name).with(Field::Phone, phone);
+        let seen = [record("王伟", "13800138000"), record("李娜", "13900139000")];
+        let (mut hinted, mut plain) = (Store::default(), Store::default());
+        for r in &seen {
+            hinted.intern(hinted.prepare(r, &ALL_FIELDS));
+            plain.intern(plain.prepare(r, &ALL_FIELDS));
+        }
+        let new = record("王伟", "13700137000");
+        let (prepared, found) = hinted.prepare_hinted(&new, &ALL_FIELDS);
+        let (name, phone) = (Field::FullName.index(), Field::Phone.index());
+        assert_eq!(found[name], 0, "the known name is found when prepared");
+        assert_eq!(found[phone], NULL, "the new phone is not");
+        // Hints as found, none, naming another value (the other name) and out of range:
+        // each gives the row and counts a plain intern gives.
+        let mut wrong = found;
+        wrong[name] = 1;
+        wrong[phone] = 7;
+        let expected = plain.intern(plain.prepare(&new, &ALL_FIELDS));
+        for hints in [found, [NULL; FIELD_COUNT], wrong] {
+            let mut store = Store::default();
+            for r in &seen {
+                store.intern(store.prepare(r, &ALL_FIELDS));
+            }
+            assert_eq!(store.intern_hinted(prepared.clone(), &hints), expected, "{hints:?}");
+            let counts = |s: &Store| -> Vec<Vec<u32>> {
+                s.columns
+                    .iter()
+                    .map(|c| c.entries.iter().map(|e| e.count).collect())
+                    .collect()
+            };
+            assert_eq!(counts(&store), counts(&plain), "{hints:?}");
+            assert_eq!(store.columns[name].non_null, plain.columns[name].non_null);
+        }
     }
 
     #[test]

@@ -102,8 +102,17 @@ impl Column {
             .copied()
     }
 
-    fn intern(&mut self, entry: Entry) -> u32 {
+    /// Stores one occurrence of `entry`; `hint` is the id [`Column::find`] gave for its key
+    /// when it was prepared (or [`NULL`]): entries are never removed, so a hint whose key
+    /// matches is the entry, without hashing and probing the index again.
+    fn intern(&mut self, entry: Entry, hint: u32) -> u32 {
         self.non_null += 1;
+        if let Some(e) = self.entries.get_mut(hint as usize)
+            && e.key() == entry.key()
+        {
+            e.count += 1;
+            return hint;
+        }
         if let Some(id) = self.find(entry.key()) {
             self.entries[id as usize].count += 1;
             return id;
@@ -126,9 +135,10 @@ impl Column {
         }
     }
 
-    /// Stored count of a key (0 when never seen).
-    pub fn count_of(&self, key: &str) -> u32 {
-        self.find(key).map_or(0, |id| self.entries[id as usize].count)
+    /// Stored count of a key (0 when never seen), and its id ([`NULL`] when never seen).
+    pub fn count_of(&self, key: &str) -> (u32, u32) {
+        self.find(key)
+            .map_or((0, NULL), |id| (self.entries[id as usize].count, id))
     }
 
     /// Probability that two distinct random non-null records agree exactly.
@@ -162,23 +172,37 @@ pub(crate) type View<'a> = [Option<&'a Entry>; FIELD_COUNT];
 impl Store {
     /// Normalises a record without storing it.
     pub fn prepare(&self, record: &Record, enabled: &[bool; FIELD_COUNT]) -> PreparedRecord {
-        std::array::from_fn(|i| {
+        self.prepare_hinted(record, enabled).0
+    }
+
+    /// [`Store::prepare`], and per field the id its value has in the store ([`NULL`]: none
+    /// yet), for [`Store::intern_hinted`].
+    pub fn prepare_hinted(&self, record: &Record, enabled: &[bool; FIELD_COUNT]) -> (PreparedRecord, Row) {
+        let mut hints = [NULL; FIELD_COUNT];
+        let prepared = std::array::from_fn(|i| {
             let field = Field::ALL[i];
             let mut e = record
                 .get(field)
                 .filter(|_| enabled[i])
                 .and_then(|raw| Entry::prepare(field, raw))?;
-            e.count = self.columns[i].count_of(e.key());
+            (e.count, hints[i]) = self.columns[i].count_of(e.key());
             Some(e)
-        })
+        });
+        (prepared, hints)
     }
 
     /// Interns a prepared record and returns its row.
     pub fn intern(&mut self, prepared: PreparedRecord) -> Row {
+        self.intern_hinted(prepared, &[NULL; FIELD_COUNT])
+    }
+
+    /// [`Store::intern`] with the ids [`Store::prepare_hinted`] found (a hint that no longer
+    /// names the value is looked up again, so any hint gives the same row).
+    pub fn intern_hinted(&mut self, prepared: PreparedRecord, hints: &Row) -> Row {
         let mut row = [NULL; FIELD_COUNT];
         for (i, e) in prepared.into_iter().enumerate() {
             if let Some(e) = e {
-                row[i] = self.columns[i].intern(e);
+                row[i] = self.columns[i].intern(e, hints[i]);
             }
         }
         row
