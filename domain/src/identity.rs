@@ -57,7 +57,7 @@ pub fn normalise(raw: &RawIdentifier, region: phonenumber::country::Id) -> Resul
 
 /// Stable text key of an identifier: `kind:scope:value` (scope empty for global kinds).
 pub fn key(id: &Identifier) -> String {
-    format!("{}:{}:{}", id.kind, id.scope, id.normalized)
+    [id.kind.as_str(), ":", &id.scope, ":", &id.normalized].concat()
 }
 
 /// The reservation stream that decides who owns an identifier.
@@ -68,12 +68,12 @@ pub fn reservation_stream(id: &Identifier) -> String {
 /// [`reservation_stream`] of an identifier of `kind` whose [`key`] is `key`.
 pub fn reservation_of_key(kind: &str, key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
-    format!("identity-{kind}-{}", hex::encode(&digest[..16]))
+    ["identity-", kind, "-", &hex::encode(&digest[..16])].concat()
 }
 
 /// Stream of a customer.
 pub fn customer_stream(customer_id: &str) -> String {
-    format!("customer-{customer_id}")
+    ["customer-", customer_id].concat()
 }
 
 #[cfg(test)]

@@ -290,7 +290,7 @@ fn independent_lanes(events: &[(Delivery, InboundEvent)], region: phonenumber::c
             .and_then(|o| o.subject.as_ref())
             .map(|s| proto::normalize::nfkc(&s.name).to_lowercase())
             .filter(|n| !n.is_empty())
-            .map(|n| format!("name:{n}"));
+            .map(|n| ["name:", n.as_str()].concat());
         let keys = raws.iter().filter_map(|raw| lane_key(raw, region)).chain(name);
         for key in keys {
             match owner.entry(key) {

@@ -134,7 +134,7 @@ impl InboundEvent {
             .and_then(|s| s.identifiers.first())
             .map(|i| i.value.as_str())
             .unwrap_or_else(|| self.event_id());
-        format!("{channel}/{instance}/{subject}")
+        [channel, "/", instance, "/", subject].concat()
     }
 }
 

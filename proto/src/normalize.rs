@@ -73,7 +73,7 @@ fn plain_cn_mobile(value: &str, region: phonenumber::country::Id) -> Option<Stri
             b'5' => digits[2] != b'4',
             _ => false,
         };
-    plain.then(|| format!("+86{}", std::str::from_utf8(&digits).unwrap_or_default()))
+    plain.then(|| ["+86", std::str::from_utf8(&digits).unwrap_or_default()].concat())
 }
 
 fn parse_phone(value: &str, default_region: phonenumber::country::Id) -> Result<String, NormalizeError> {

@@ -96,7 +96,7 @@ pub struct CellError {
 
 /// The deterministic event id of a row: the same file, sheet and row always give the same id.
 pub fn event_id(file_sha256: &str, sheet: &str, row: u32) -> uuid::Uuid {
-    proto::derived_id(&format!("import/{file_sha256}/{sheet}/{row}"))
+    proto::derived_id_of(&["import/", file_sha256, "/", sheet, "/", &row.to_string()])
 }
 
 #[derive(Default)]
@@ -453,7 +453,7 @@ pub fn build(ctx: &RowContext<'_>, row: u32, event_id: uuid::Uuid, cells: &[Cell
         recorded_at_us: ctx.recorded_at_us,
         channel: CHANNEL.into(),
         channel_instance: ctx.source.to_string(),
-        source_ref: format!("{}/{}/{}", ctx.file_sha256, ctx.sheet, row),
+        source_ref: [ctx.file_sha256, "/", ctx.sheet, "/", &row.to_string()].concat(),
         raw: raw_json(ctx.plan, cells),
         raw_content_type: "application/json".into(),
     };
