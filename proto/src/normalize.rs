@@ -18,7 +18,14 @@ pub enum NormalizeError {
 }
 
 /// NFKC (full-width → half-width, compatibility forms) and trimmed.
+///
+/// A value that is NFKC already (ASCII, most Chinese) is only trimmed: the quick check costs
+/// a fraction of a rewrite (an email's normalisation was ~5,000 instructions, most of an
+/// import row's identity work), and gives exactly what the rewrite would.
 pub fn nfkc(value: &str) -> String {
+    if value.is_ascii() || unicode_normalization::is_nfkc_quick(value.chars()) == unicode_normalization::IsNormalized::Yes {
+        return value.trim().to_string();
+    }
     value.nfkc().collect::<String>().trim().to_string()
 }
 
@@ -149,6 +156,27 @@ pub fn region(code: &str) -> Option<phonenumber::country::Id> {
 mod tests {
     use super::*;
     use phonenumber::country::Id::CN;
+
+    #[test]
+    fn the_already_normalised_fast_path_gives_what_the_rewrite_gives() {
+        let rewrite = |v: &str| v.nfkc().collect::<String>().trim().to_string();
+        for v in [
+            "",
+            "  zw@example.com ",
+            "张伟",
+            " 上海市浦东新区 ",
+            "ＺＷ＠ｅｘａｍｐｌｅ．ｃｏｍ",
+            "\u{3000}１３８\u{3000}",
+            "e\u{301}cole",
+            " \u{301}abc",
+            "ﬁle ① ㈱",
+            "\u{a0}nbsp\u{a0}",
+            "\u{feff}bom",
+            "Ａ\u{2003}B",
+        ] {
+            assert_eq!(nfkc(v), rewrite(v), "{v:?}");
+        }
+    }
 
     #[test]
     fn the_mobile_fast_path_agrees_with_libphonenumber() {
