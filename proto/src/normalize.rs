@@ -23,7 +23,9 @@ pub enum NormalizeError {
 /// a fraction of a rewrite (an email's normalisation was ~5,000 instructions, most of an
 /// import row's identity work), and gives exactly what the rewrite would.
 pub fn nfkc(value: &str) -> String {
-    if value.is_ascii() || unicode_normalization::is_nfkc_quick(value.chars()) == unicode_normalization::IsNormalized::Yes {
+    if value.is_ascii()
+        || unicode_normalization::is_nfkc_quick(value.chars()) == unicode_normalization::IsNormalized::Yes
+    {
         return value.trim().to_string();
     }
     value.nfkc().collect::<String>().trim().to_string()
