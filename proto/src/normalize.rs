@@ -17,15 +17,19 @@ pub enum NormalizeError {
     Empty,
 }
 
+/// Whether `value` is NFKC already by the quick check (ASCII always is; most Chinese is):
+/// a fraction of a rewrite's cost. `false` can also mean "maybe": rewrite then.
+pub fn is_nfkc(value: &str) -> bool {
+    value.is_ascii() || unicode_normalization::is_nfkc_quick(value.chars()) == unicode_normalization::IsNormalized::Yes
+}
+
 /// NFKC (full-width → half-width, compatibility forms) and trimmed.
 ///
-/// A value that is NFKC already (ASCII, most Chinese) is only trimmed: the quick check costs
-/// a fraction of a rewrite (an email's normalisation was ~5,000 instructions, most of an
-/// import row's identity work), and gives exactly what the rewrite would.
+/// A value that is NFKC already ([`is_nfkc`]) is only trimmed: exactly what the rewrite
+/// gives, without it (an email's normalisation was ~5,000 instructions, most of an import
+/// row's identity work).
 pub fn nfkc(value: &str) -> String {
-    if value.is_ascii()
-        || unicode_normalization::is_nfkc_quick(value.chars()) == unicode_normalization::IsNormalized::Yes
-    {
+    if is_nfkc(value) {
         return value.trim().to_string();
     }
     value.nfkc().collect::<String>().trim().to_string()

@@ -65,9 +65,7 @@ pub fn number_text(f: f64) -> String {
 pub fn clean(text: &str) -> (Cow<'_, str>, bool) {
     let trimmed = text.trim();
     // Most cells (ASCII, plain Chinese) are already NFKC: a quick check spares the rewrite.
-    if trimmed.is_ascii()
-        || unicode_normalization::is_nfkc_quick(trimmed.chars()) == unicode_normalization::IsNormalized::Yes
-    {
+    if proto::normalize::is_nfkc(trimmed) {
         return (Cow::Borrowed(trimmed), false);
     }
     let normalized = proto::normalize::nfkc(trimmed);
