@@ -179,6 +179,9 @@ pub struct ActivityParts<'a> {
     pub provenance: Option<&'a Provenance>,
     pub event_type: &'a str,
     pub observation: Option<&'a proto::inbound::Observation>,
+    /// `observation` as the inbound event carried it encoded ([`proto::observation_bytes`]),
+    /// written as it is instead of encoding `observation` again; `None`: encoded here.
+    pub observation_encoded: Option<&'a [u8]>,
     pub raw: &'a [u8],
     pub raw_content_type: &'a str,
 }
@@ -228,6 +231,7 @@ fn encode_parts(parts: &ActivityParts<'_>, identifiers: &[&Identifier]) -> Vec<u
         provenance,
         event_type,
         observation,
+        observation_encoded,
         raw,
         raw_content_type,
     } = *parts;
@@ -251,7 +255,12 @@ fn encode_parts(parts: &ActivityParts<'_>, identifiers: &[&Identifier]) -> Vec<u
     }
     let delimited = |len: usize| 1 + encoded_len_varint(len as u64) + len;
     let provenance = provenance.map(|p| (p, p.encoded_len()));
-    let observation = observation.map(|o| (o, o.encoded_len()));
+    // The inbound event's own bytes of the observation, where it gave them.
+    let observation_encoded = observation.and(observation_encoded);
+    let observation = match observation_encoded {
+        Some(_) => None,
+        None => observation.map(|o| (o, o.encoded_len())),
+    };
     let identifiers: Vec<(&Identifier, usize)> = identifiers.iter().map(|i| (*i, i.encoded_len())).collect();
     let len = [customer_id.len(), event_type.len(), raw.len(), raw_content_type.len()]
         .iter()
@@ -259,12 +268,19 @@ fn encode_parts(parts: &ActivityParts<'_>, identifiers: &[&Identifier]) -> Vec<u
         .sum::<usize>()
         + provenance.map_or(0, |(_, n)| delimited(n))
         + observation.map_or(0, |(_, n)| delimited(n))
+        + observation_encoded.map_or(0, |b| delimited(b.len()))
         + identifiers.iter().map(|(_, n)| delimited(*n)).sum::<usize>();
     let mut buf = Vec::with_capacity(len);
     put(1, customer_id.as_bytes(), &mut buf);
     put_message(2, provenance, &mut buf);
     put(3, event_type.as_bytes(), &mut buf);
     put_message(4, observation, &mut buf);
+    if let Some(bytes) = observation_encoded {
+        // A present message is written even when empty.
+        encode_key(4, WireType::LengthDelimited, &mut buf);
+        encode_varint(bytes.len() as u64, &mut buf);
+        buf.extend_from_slice(bytes);
+    }
     put(5, raw, &mut buf);
     put(6, raw_content_type.as_bytes(), &mut buf);
     for &identifier in &identifiers {
@@ -325,16 +341,21 @@ mod tests {
             ..full.clone()
         };
         for a in [full, empty, long] {
-            let parts = ActivityParts {
-                customer_id: &a.customer_id,
-                provenance: a.provenance.as_ref(),
-                event_type: &a.event_type,
-                observation: a.observation.as_ref(),
-                raw: &a.raw,
-                raw_content_type: &a.raw_content_type,
-            };
-            assert_eq!(parts.encode_activity(), a.encode_to_vec(), "{a:?}");
-            assert_eq!(parts.to_activity(), a);
+            // The observation encoded here, or as the inbound event carried it.
+            let carried = a.observation.as_ref().map(Message::encode_to_vec);
+            for observation_encoded in [None, carried.as_deref()] {
+                let parts = ActivityParts {
+                    customer_id: &a.customer_id,
+                    provenance: a.provenance.as_ref(),
+                    event_type: &a.event_type,
+                    observation: a.observation.as_ref(),
+                    observation_encoded,
+                    raw: &a.raw,
+                    raw_content_type: &a.raw_content_type,
+                };
+                assert_eq!(parts.encode_activity(), a.encode_to_vec(), "{a:?}");
+                assert_eq!(parts.to_activity(), a);
+            }
         }
     }
 
@@ -372,23 +393,36 @@ mod tests {
             identifiers: Vec::new(),
             ..full.clone()
         };
-        for r in [full.clone(), bare.clone(), CustomerRegisteredV2::default()] {
+        let empty_observation = CustomerRegisteredV2 {
+            observation: Some(Observation::default()),
+            ..bare.clone()
+        };
+        for r in [
+            full.clone(),
+            bare.clone(),
+            empty_observation,
+            CustomerRegisteredV2::default(),
+        ] {
             let ids: Vec<&Identifier> = r.identifiers.iter().collect();
-            let from = ActivityParts {
-                customer_id: &r.customer_id,
-                provenance: r.provenance.as_ref(),
-                event_type: &r.event_type,
-                observation: r.observation.as_ref(),
-                raw: &r.raw,
-                raw_content_type: &r.raw_content_type,
-            };
-            let parts = from.encode_registration(&ids);
-            assert_eq!(parts, r.encode_to_vec(), "{r:?}");
-            assert_eq!(from.to_registration(&ids), r);
-            assert_eq!(
-                CustomerEvent::decode(CUSTOMER_REGISTERED, &parts).unwrap(),
-                CustomerEvent::RegisteredWith(r)
-            );
+            let carried = r.observation.as_ref().map(Message::encode_to_vec);
+            for observation_encoded in [None, carried.as_deref()] {
+                let from = ActivityParts {
+                    customer_id: &r.customer_id,
+                    provenance: r.provenance.as_ref(),
+                    event_type: &r.event_type,
+                    observation: r.observation.as_ref(),
+                    observation_encoded,
+                    raw: &r.raw,
+                    raw_content_type: &r.raw_content_type,
+                };
+                let parts = from.encode_registration(&ids);
+                assert_eq!(parts, r.encode_to_vec(), "{r:?}");
+                assert_eq!(from.to_registration(&ids), r);
+                assert_eq!(
+                    CustomerEvent::decode(CUSTOMER_REGISTERED, &parts).unwrap(),
+                    CustomerEvent::RegisteredWith(r.clone())
+                );
+            }
         }
         let activity = ActivityRecordedV1 {
             customer_id: "c1".into(),

@@ -19,6 +19,10 @@
 
 use std::collections::{HashMap, HashSet};
 
+/// Maps by customer id or identifier key, asked for every candidate and identifier of
+/// every event: foldhash instead of std's SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use matching::{Decision, Field, LiveIndex, Model, Record, ScoredCandidate, Thresholds};
 use proto::customer::{ActivityRecordedV1, CustomerRegisteredV2, Identifier};
 use proto::inbound::SubjectData;
@@ -267,11 +271,11 @@ pub struct MatchState {
     after: Option<GlobalPosition>,
     /// Every customer's own record (what its own activities said, later fields over earlier).
     index: LiveIndex,
-    parent: HashMap<String, String>,
-    children: HashMap<String, Vec<String>>,
+    parent: FastMap<String, String>,
+    children: FastMap<String, Vec<String>>,
     /// The companion identifiers seen with each identifier.
     companions: Companions,
-    shared: HashSet<String>,
+    shared: HashSet<String, foldhash::fast::RandomState>,
     region: phonenumber::country::Id,
     shared_limit: usize,
 }
@@ -282,10 +286,10 @@ impl MatchState {
         MatchState {
             after: None,
             index,
-            parent: HashMap::new(),
-            children: HashMap::new(),
+            parent: FastMap::default(),
+            children: FastMap::default(),
             companions: Companions::default(),
-            shared: HashSet::new(),
+            shared: HashSet::default(),
             region,
             shared_limit: config.max_shared_identifier_customers,
         }

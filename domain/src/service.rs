@@ -461,8 +461,20 @@ impl CustomerService {
 
     /// Resolves identity for one inbound event and appends the customer events.
     pub async fn handle(&self, event: &InboundEvent) -> Result<Resolution, DomainError> {
+        self.handle_encoded(event, None).await
+    }
+
+    /// [`Self::handle`] given the event's observation as it was encoded
+    /// ([`proto::observation_bytes`] of its payload): a new customer's registration embeds
+    /// those bytes instead of encoding the observation again (an import row's registration:
+    /// ~6,400 → ~2,400 instructions).
+    pub async fn handle_encoded(
+        &self,
+        event: &InboundEvent,
+        observation_encoded: Option<&[u8]>,
+    ) -> Result<Resolution, DomainError> {
         for _ in 0..MAX_ATTEMPTS {
-            match self.try_handle(event).await {
+            match self.try_handle(event, observation_encoded).await {
                 Err(DomainError::Store(StoreError::WrongExpectedRevision { stream, .. })) => {
                     tracing::debug!(%stream, event_id = event.event_id(), "lost a concurrent write; deciding again");
                     metrics::counter!("domain_decision_retries_total").increment(1);
@@ -602,7 +614,11 @@ impl CustomerService {
         Ok((Some(id), out.appended))
     }
 
-    async fn try_handle(&self, event: &InboundEvent) -> Result<Resolution, DomainError> {
+    async fn try_handle(
+        &self,
+        event: &InboundEvent,
+        observation_encoded: Option<&[u8]>,
+    ) -> Result<Resolution, DomainError> {
         let inbound_id = event.event_id().to_string();
         let header = event.header().map(Cow::Borrowed).unwrap_or_default();
         let provenance = Provenance {
@@ -858,6 +874,7 @@ impl CustomerService {
             provenance: Some(&provenance),
             event_type: event.event_type(),
             observation: event.observation(),
+            observation_encoded,
             raw: &header.raw,
             raw_content_type: &header.raw_content_type,
         };
@@ -1084,6 +1101,7 @@ mod tests {
             provenance: None,
             event_type: "form",
             observation: Some(&observation),
+            observation_encoded: None,
             raw: b"",
             raw_content_type: "",
         }

@@ -225,7 +225,9 @@ impl DomainWorker {
                 while let Some(lane) = lanes.get(next.fetch_add(1, Ordering::Relaxed)) {
                     for &i in lane {
                         let (delivery, event) = &decoded[i];
-                        match service.handle(event).await {
+                        let schema = delivery.record.header(bus::HEADER_SCHEMA).unwrap_or_default();
+                        let observation = proto::observation_bytes(schema, &delivery.record.payload);
+                        match service.handle_encoded(event, observation).await {
                             Ok(_) => {}
                             Err(e) if e.is_transient() => return Err(e),
                             Err(e) => dead_letter(bus.as_ref(), delivery, &e.to_string()).await?,
@@ -276,7 +278,7 @@ fn independent_lanes(events: &[(Delivery, InboundEvent)], region: phonenumber::c
         }
         i
     }
-    let mut owner: HashMap<String, usize> = HashMap::new();
+    let mut owner: HashMap<String, usize, foldhash::fast::RandomState> = HashMap::default();
     for (i, (_, event)) in events.iter().enumerate() {
         let raws = event
             .observation()
@@ -307,7 +309,7 @@ fn independent_lanes(events: &[(Delivery, InboundEvent)], region: phonenumber::c
         }
     }
     let mut lanes: Vec<Vec<usize>> = Vec::new();
-    let mut lane_of: HashMap<usize, usize> = HashMap::new();
+    let mut lane_of: HashMap<usize, usize, foldhash::fast::RandomState> = HashMap::default();
     for i in 0..events.len() {
         let root = find(&mut parent, i);
         let lane = *lane_of.entry(root).or_insert_with(|| {

@@ -52,6 +52,43 @@ pub enum DecodeError {
     MissingHeader(String),
 }
 
+/// The observation's bytes inside an encoded [`inbound::ChannelEventV1`] (its field 3), for
+/// writers that embed the observation again: copying them is what encoding the decoded
+/// observation gives when the payload was encoded by prost, as every channel adapter's is
+/// (fields in order, no defaults written), and otherwise the same observation for any
+/// decoder. `None` for other schemas, a payload without exactly one observation field (a
+/// repeated one would be merged by a decoder), or bytes that do not parse.
+pub fn observation_bytes<'a>(schema: &str, payload: &'a [u8]) -> Option<&'a [u8]> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    if schema != SCHEMA_CHANNEL_EVENT_V1 {
+        return None;
+    }
+    let mut rest = payload;
+    let mut found = None;
+    while !rest.is_empty() {
+        let (tag, wire_type) = decode_key(&mut rest).ok()?;
+        let len = match wire_type {
+            WireType::LengthDelimited => usize::try_from(decode_varint(&mut rest).ok()?).ok()?,
+            WireType::Varint => {
+                decode_varint(&mut rest).ok()?;
+                0
+            }
+            WireType::SixtyFourBit => 8,
+            WireType::ThirtyTwoBit => 4,
+            WireType::StartGroup | WireType::EndGroup => return None,
+        };
+        let value = rest.get(..len)?;
+        rest = &rest[len..];
+        if tag == 3 && wire_type == WireType::LengthDelimited {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(value);
+        }
+    }
+    found
+}
+
 impl InboundEvent {
     /// Decodes a payload by its schema name. Old versions are upcast here, in one place.
     pub fn decode(schema: &str, payload: &[u8]) -> Result<Self, DecodeError> {
@@ -176,6 +213,68 @@ pub fn derived_id_of(parts: &[&str]) -> uuid::Uuid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn observation_bytes_are_the_encoding_of_the_decoded_observation() {
+        use inbound::*;
+        let observation = Observation {
+            subject: Some(SubjectData {
+                identifiers: vec![RawIdentifier {
+                    kind: "phone".into(),
+                    value: "138 0013 8000".into(),
+                    scope: String::new(),
+                }],
+                name: "张伟".into(),
+                ..Default::default()
+            }),
+            interaction: Some(Interaction {
+                kind: "import_row".into(),
+                details: [("row".to_string(), "2".to_string())].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let event = ChannelEventV1 {
+            header: Some(InboundHeader {
+                event_id: "e1".into(),
+                raw: b"{}".to_vec(),
+                recorded_at_us: 7,
+                ..Default::default()
+            }),
+            event_type: "import_row".into(),
+            observation: Some(observation.clone()),
+        };
+        let payload = event.encode_to_vec();
+        let bytes = observation_bytes(SCHEMA_CHANNEL_EVENT_V1, &payload).unwrap();
+        assert_eq!(bytes, observation.encode_to_vec().as_slice());
+        // None where the observation is not one plain field.
+        assert_eq!(observation_bytes(SCHEMA_FORM_SUBMITTED_V1, &payload), None);
+        let without = ChannelEventV1 {
+            observation: None,
+            ..event.clone()
+        };
+        assert_eq!(
+            observation_bytes(SCHEMA_CHANNEL_EVENT_V1, &without.encode_to_vec()),
+            None
+        );
+        let mut twice = payload.clone();
+        twice.extend_from_slice(&without.encode_to_vec());
+        twice.extend_from_slice(&[0x1a, 0x00]);
+        assert_eq!(observation_bytes(SCHEMA_CHANNEL_EVENT_V1, &twice), None);
+        assert_eq!(
+            observation_bytes(SCHEMA_CHANNEL_EVENT_V1, &payload[..payload.len() - 1]),
+            None
+        );
+        // An empty observation is written as an empty field.
+        let empty = ChannelEventV1 {
+            observation: Some(Observation::default()),
+            ..without
+        };
+        assert_eq!(
+            observation_bytes(SCHEMA_CHANNEL_EVENT_V1, &empty.encode_to_vec()),
+            Some(&[][..])
+        );
+    }
 
     #[test]
     fn derived_ids_are_the_uuid_v5_of_the_name() {
