@@ -338,8 +338,9 @@ impl Heads {
             let filter = KeyFilter::new(usize::try_from(len).unwrap_or(usize::MAX));
             for item in table.iter().map_err(db_err("read a run of stream heads"))? {
                 let (stream, _) = item.map_err(db_err("read a run of stream heads"))?;
-                filter.add(stream.value().as_bytes());
-                known.add(stream.value().as_bytes());
+                let hash = crate::filter::hash(stream.value().as_bytes());
+                filter.add_new_hash(hash);
+                known.add_hash(hash);
             }
             runs.push(Run {
                 recency,
@@ -528,8 +529,10 @@ impl Heads {
                 .open_table(run_table(&name))
                 .map_err(db_err("create a run of stream heads"))?;
             for (stream, head) in slice.by_ref().take(self.tuning.flush_step.max(1)) {
-                flush.filter.add(stream.as_bytes());
-                self.known.add(stream.as_bytes());
+                // A memtable holds each stream once; every run's filter may have it already.
+                let hash = crate::filter::hash(stream.as_bytes());
+                flush.filter.add_new_hash(hash);
+                self.known.add_hash(hash);
                 table
                     .insert(stream.as_str(), head.encode().as_slice())
                     .map_err(db_err("write a run of stream heads"))?;
@@ -681,7 +684,8 @@ impl Heads {
                     *entry = next_entry(&mut iters[i])?;
                 }
             }
-            merge.filter.add(key.as_bytes());
+            // Each key once: the newest run's head of it.
+            merge.filter.add_new_hash(crate::filter::hash(key.as_bytes()));
             output
                 .insert(key.as_str(), value.as_slice())
                 .map_err(db_err("write a merged run"))?;
