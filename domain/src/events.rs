@@ -58,6 +58,54 @@ pub enum EventDecodeError {
     },
 }
 
+/// Who a claiming event gives an identifier to: its customer and provenance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimHolder {
+    pub customer_id: String,
+    pub provenance: Option<Provenance>,
+    /// Attached to the customer by the event itself (a registration or an attachment), not
+    /// only claimed by a marker.
+    pub attached: bool,
+}
+
+/// A `CustomerRegisteredV2` as far as a claim reads it (fields 1 and 2; its observation and
+/// raw payload are skipped, not decoded).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RegistrationHead {
+    #[prost(string, tag = "1")]
+    customer_id: String,
+    #[prost(message, optional, tag = "2")]
+    provenance: Option<Provenance>,
+}
+
+impl ClaimHolder {
+    /// The holder of a claim made by a stored event of type `event_type`; `None` for events
+    /// that claim nothing. A returning customer's identifiers are held by its registration,
+    /// whose observation was most of decoding it (~2% of the domain's CPU in a 1M-row import).
+    pub fn decode(event_type: &str, data: &[u8]) -> Result<Option<ClaimHolder>, EventDecodeError> {
+        let holder = |customer_id, provenance, attached| {
+            Some(ClaimHolder {
+                customer_id,
+                provenance,
+                attached,
+            })
+        };
+        if event_type == CUSTOMER_REGISTERED {
+            let head = RegistrationHead::decode(data).map_err(|source| EventDecodeError::Malformed {
+                event_type: event_type.to_string(),
+                source,
+            })?;
+            return Ok(holder(head.customer_id, head.provenance, true));
+        }
+        Ok(match CustomerEvent::decode(event_type, data)? {
+            CustomerEvent::IdentifierClaimed(c) => holder(c.customer_id, c.provenance, false),
+            CustomerEvent::IdentifierAttached(a) => holder(a.customer_id, a.provenance, true),
+            CustomerEvent::RegisteredWith(r) => holder(r.customer_id, r.provenance, true),
+            _ => None,
+        })
+    }
+}
+
 impl CustomerEvent {
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -357,6 +405,49 @@ mod tests {
                 assert_eq!(parts.to_activity(), a);
             }
         }
+    }
+
+    /// A claim read from a registration's first fields is the claim the whole event gives.
+    #[test]
+    fn a_claim_holder_read_from_a_registrations_head_is_the_whole_events() {
+        use proto::inbound::{Observation, SubjectData};
+        let registered = CustomerRegisteredV2 {
+            customer_id: "c1".into(),
+            provenance: Some(Provenance {
+                inbound_event_id: "e1".into(),
+                channel: "import".into(),
+                ..Default::default()
+            }),
+            event_type: "row".into(),
+            observation: Some(Observation {
+                subject: Some(SubjectData {
+                    name: "张伟".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            raw: vec![7; 300],
+            raw_content_type: "text/csv".into(),
+            identifiers: vec![identifier("phone", "+8613800138000")],
+        };
+        let holder = ClaimHolder::decode(CUSTOMER_REGISTERED, &registered.encode_to_vec()).unwrap();
+        assert_eq!(
+            holder,
+            Some(ClaimHolder {
+                customer_id: "c1".into(),
+                provenance: registered.provenance.clone(),
+                attached: true,
+            })
+        );
+        let claimed = IdentifierClaimedV1 {
+            identifier: Some(identifier("phone", "+8613800138000")),
+            customer_id: "c2".into(),
+            provenance: None,
+        };
+        let holder = ClaimHolder::decode("IdentifierClaimedV1", &claimed.encode_to_vec()).unwrap();
+        assert_eq!(holder.map(|h| (h.customer_id, h.attached)), Some(("c2".into(), false)));
+        assert_eq!(ClaimHolder::decode("CustomerRegisteredV1", &[]).unwrap(), None);
+        assert!(ClaimHolder::decode(CUSTOMER_REGISTERED, &[0x0a, 0x05]).is_err());
     }
 
     /// A registration written from borrowed parts is the message's own encoding, with and

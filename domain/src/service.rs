@@ -523,16 +523,12 @@ impl CustomerService {
         let Some(held) = self.store.claimant(stream).await? else {
             return Ok(None);
         };
-        let claim = |customer: String, provenance: Option<Provenance>, attached| Claim {
-            customer,
-            cause: provenance.map(|p| p.inbound_event_id).unwrap_or_default(),
-            attached,
-        };
-        match CustomerEvent::from_recorded(&held) {
-            Ok(CustomerEvent::IdentifierClaimed(c)) => Ok(Some(claim(c.customer_id, c.provenance, false))),
-            Ok(CustomerEvent::IdentifierAttached(a)) => Ok(Some(claim(a.customer_id, a.provenance, true))),
-            Ok(CustomerEvent::RegisteredWith(r)) => Ok(Some(claim(r.customer_id, r.provenance, true))),
-            Ok(_) => Ok(None),
+        match crate::events::ClaimHolder::decode(&held.event_type, &held.data) {
+            Ok(holder) => Ok(holder.map(|h| Claim {
+                customer: h.customer_id,
+                cause: h.provenance.map(|p| p.inbound_event_id).unwrap_or_default(),
+                attached: h.attached,
+            })),
             Err(source) => Err(DomainError::Corrupt {
                 stream: stream.to_string(),
                 source,
