@@ -100,7 +100,6 @@ impl ClaimHolder {
         Ok(match CustomerEvent::decode(event_type, data)? {
             CustomerEvent::IdentifierClaimed(c) => holder(c.customer_id, c.provenance, false),
             CustomerEvent::IdentifierAttached(a) => holder(a.customer_id, a.provenance, true),
-            CustomerEvent::RegisteredWith(r) => holder(r.customer_id, r.provenance, true),
             _ => None,
         })
     }

@@ -19,10 +19,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-/// Maps by customer id or identifier key, asked for every candidate and identifier of
-/// every event: foldhash instead of std's SipHash.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
 use matching::{Decision, Field, LiveIndex, Model, Record, ScoredCandidate, Thresholds};
 use proto::customer::{ActivityRecordedV1, CustomerRegisteredV2, Identifier};
 use proto::inbound::SubjectData;
@@ -32,6 +28,10 @@ use store::{GlobalPosition, RecordedEvent};
 
 use crate::events::CustomerEvent;
 use crate::identity;
+
+/// Maps by customer id or identifier key, asked for every candidate and identifier of
+/// every event: foldhash instead of std's SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Live probabilistic matching and its guardrails (the crm config's `[identity]` section).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
