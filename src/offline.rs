@@ -230,7 +230,7 @@ pub async fn import_into_views(
     follow.await??;
     node.store.sync().await?;
     node.views.flush().await?;
-    let (new, matched) = crate::admin::customer_figures(node.store.as_ref(), &summary).await?;
+    let (new, matched) = crate::admin::customer_figures(node.store.clone(), &summary).await?;
     summary.new_customers = Some(new);
     summary.matched_customers = Some(matched);
     let phases = ImportPhases {
