@@ -6,5 +6,5 @@ pub mod projector;
 pub mod view;
 pub mod worker;
 
-pub use projector::{ProjectionError, Projector, Rebuild, ViewDigest, ViewStore};
+pub use projector::{DecodedEvents, ProjectionError, Projector, Rebuild, ViewDigest, ViewStore};
 pub use view::*;

@@ -667,10 +667,12 @@ struct Overlay<'a> {
     /// Events per identifier-index bucket (the live store's, in a rebuild too).
     bucket_events: u64,
     /// foldhash: each event looks its customer up several times (std's SipHash was 8–12 of
-    /// the projector's 729 perf samples in a 1M-row import).
-    views: FastMap<String, Option<CustomerView>>,
+    /// the projector's 729 perf samples in a 1M-row import). Boxed: a view is ~0.5 KB, and a
+    /// rebuild's map of every customer moved them all each time it grew (its inserts were
+    /// a fifth of a replay's `apply_one`).
+    views: FastMap<String, Option<Box<CustomerView>>>,
     /// Own views (`o/`), same read-through rule.
-    owns: FastMap<String, Option<CustomerView>>,
+    owns: FastMap<String, Option<Box<CustomerView>>>,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
@@ -713,9 +715,9 @@ impl<'a> Overlay<'a> {
                 Some(s) => s.get_view(id)?,
                 None => None,
             };
-            self.views.insert(id.to_string(), v);
+            self.views.insert(id.to_string(), v.map(Box::new));
         }
-        Ok(self.views.get_mut(id).and_then(|v| v.as_mut()))
+        Ok(self.views.get_mut(id).and_then(|v| v.as_deref_mut()))
     }
 
     fn own(&mut self, id: &str) -> Result<Option<&mut CustomerView>, ProjectionError> {
@@ -724,9 +726,9 @@ impl<'a> Overlay<'a> {
                 Some(v) => Some(decode(&own_key(id), &v)?),
                 None => None,
             };
-            self.owns.insert(id.to_string(), v);
+            self.owns.insert(id.to_string(), v.map(Box::new));
         }
-        Ok(self.owns.get_mut(id).and_then(|v| v.as_mut()))
+        Ok(self.owns.get_mut(id).and_then(|v| v.as_deref_mut()))
     }
 
     /// From its first merge on, a customer keeps its own view and own timeline index;
@@ -738,7 +740,7 @@ impl<'a> Overlay<'a> {
         let Some(view) = self.view(id)?.cloned() else {
             return Ok(());
         };
-        self.owns.insert(id.to_string(), Some(view));
+        self.owns.insert(id.to_string(), Some(Box::new(view)));
         let prefix = timeline_prefix(id);
         for (k, _) in self.scan(&prefix)? {
             let mut own = own_timeline_prefix(id);
@@ -784,13 +786,13 @@ impl<'a> Overlay<'a> {
     fn commit(self, position: GlobalPosition) -> Result<(), ProjectionError> {
         let mut batch = Vec::with_capacity(self.views.len() + self.owns.len() + self.writes.len() + 1);
         for (id, view) in self.views {
-            batch.push((view_key(&id), view.map(|v| encode(&id, &v)).transpose()?));
+            batch.push((view_key(&id), view.map(|v| encode(&id, &*v)).transpose()?));
         }
         // An own view is never removed: `None` is a lookup that found none, nothing to write
         // (it was a removal of an absent key for every customer a batch touched).
         for (id, view) in self.owns {
             if let Some(v) = view {
-                batch.push((own_key(&id), Some(encode(&id, &v)?)));
+                batch.push((own_key(&id), Some(encode(&id, &*v)?)));
             }
         }
         batch.extend(self.writes);
@@ -805,6 +807,42 @@ impl<'a> Overlay<'a> {
 /// Customer event types that change no view (see the end of `apply_one`): not even decoded.
 /// Every new customer's identifier claims are among them.
 const IGNORED: [&str; 3] = ["IdentifierClaimedV1", "MergedIntoV1", "CustomerRestoredV1"];
+
+/// An event as the projector reads it.
+type Decoded = Result<CustomerEvent, domain::events::EventDecodeError>;
+
+/// What the projector makes of an event: `None` when no view depends on it (another
+/// stream, or a type in [`IGNORED`]), else its decoding.
+fn decode_for_views(e: &RecordedEvent) -> Option<Decoded> {
+    let read = ["customer-", "review-", "identity-"]
+        .iter()
+        .any(|p| e.stream.starts_with(p))
+        && !IGNORED.contains(&e.event_type.as_str());
+    read.then(|| CustomerEvent::from_recorded(e))
+}
+
+/// A batch of events decoded for the views ahead of [`Rebuild::apply_decoded`], one entry
+/// per event.
+pub struct DecodedEvents(Vec<Option<Decoded>>);
+
+impl DecodedEvents {
+    pub fn of(events: &[RecordedEvent]) -> Self {
+        DecodedEvents(events.iter().map(decode_for_views).collect())
+    }
+}
+
+/// `items` in at most `parts` parts of about equal length (none empty).
+fn split_into<T>(mut items: Vec<T>, parts: usize) -> Vec<Vec<T>> {
+    let size = items.len().div_ceil(parts.max(1)).max(1);
+    let mut out = Vec::with_capacity(parts);
+    while items.len() > size {
+        out.push(items.split_off(items.len() - size));
+    }
+    if !items.is_empty() {
+        out.push(items);
+    }
+    out
+}
 
 /// Applies customer events to the views.
 pub struct Projector {
@@ -826,36 +864,27 @@ impl Projector {
     pub fn apply(&self, events: &[RecordedEvent]) -> Result<usize, ProjectionError> {
         let checkpoint = self.views.checkpoint()?;
         let mut overlay = Overlay::new(Some(&self.views), self.views.bucket_events);
-        let (applied, last) = self.apply_to(&mut overlay, events, checkpoint)?;
+        let after = events.iter().filter(|e| checkpoint.is_none_or(|c| e.position > c));
+        let (applied, last) = self.apply_to(&mut overlay, after.map(|e| (e, decode_for_views(e))))?;
         if let Some(last) = last {
             overlay.commit(last)?;
         }
         Ok(applied)
     }
 
-    /// Applies the events after `checkpoint` to an overlay; returns how many were customer
-    /// events and the position of the last one seen.
-    fn apply_to(
+    /// Applies events, each with what [`decode_for_views`] made of it, to an overlay; returns
+    /// how many were customer events and the position of the last one seen.
+    fn apply_to<'e>(
         &self,
         overlay: &mut Overlay<'_>,
-        events: &[RecordedEvent],
-        checkpoint: Option<GlobalPosition>,
+        events: impl IntoIterator<Item = (&'e RecordedEvent, Option<Decoded>)>,
     ) -> Result<(usize, Option<GlobalPosition>), ProjectionError> {
         let mut last = None;
         let mut applied = 0;
-        for e in events {
-            if checkpoint.is_some_and(|c| e.position <= c) {
-                continue;
-            }
+        for (e, decoded) in events {
             last = Some(e.position);
-            if !["customer-", "review-", "identity-"]
-                .iter()
-                .any(|p| e.stream.starts_with(p))
-                || IGNORED.contains(&e.event_type.as_str())
-            {
-                continue;
-            }
-            match CustomerEvent::from_recorded(e) {
+            let Some(decoded) = decoded else { continue };
+            match decoded {
                 Ok(ev) => {
                     self.apply_one(overlay, ev, e)?;
                     applied += 1;
@@ -908,12 +937,12 @@ impl Projector {
                 if recorded.revision == 0 || o.view(&id)?.is_none() {
                     o.views.insert(
                         id.clone(),
-                        Some(CustomerView {
+                        Some(Box::new(CustomerView {
                             id: id.clone(),
                             created_at_us: at,
                             updated_at_us: at,
                             ..Default::default()
-                        }),
+                        })),
                     );
                 }
             }
@@ -1091,29 +1120,82 @@ pub struct Rebuild<'p> {
 impl Rebuild<'_> {
     /// Applies the next events of the log, in global order.
     pub fn apply(&mut self, events: &[RecordedEvent]) -> Result<usize, ProjectionError> {
-        let (applied, last) = self.projector.apply_to(&mut self.overlay, events, self.last)?;
+        let decoded = DecodedEvents::of(events);
+        self.apply_decoded(events, decoded)
+    }
+
+    /// [`Rebuild::apply`] of events decoded beforehand, e.g. on the thread that read them
+    /// (decoding was a sixth of a replay's instructions).
+    pub fn apply_decoded(
+        &mut self,
+        events: &[RecordedEvent],
+        decoded: DecodedEvents,
+    ) -> Result<usize, ProjectionError> {
+        if decoded.0.len() != events.len() {
+            return Err(ProjectionError::Corrupt {
+                key: "rebuild".into(),
+                reason: format!("{} decoded events for {} read", decoded.0.len(), events.len()),
+            });
+        }
+        let last = self.last;
+        let after = events
+            .iter()
+            .zip(decoded.0)
+            .filter(|(e, _)| last.is_none_or(|c| e.position > c));
+        let (applied, last) = self.projector.apply_to(&mut self.overlay, after)?;
         self.last = last.or(self.last);
         Ok(applied)
     }
 
     /// Every key and value the rebuilt view store holds (checkpoint aside), in key order:
     /// exactly what the live projector would have written.
+    ///
+    /// The typed views are encoded (postcard, LZ4) in parts, a thread each, while this
+    /// thread takes the raw writes (already in key order); the sorted parts are then merged.
     pub fn into_entries(self) -> Result<KeyValues, ProjectionError> {
         let Overlay {
             views, owns, writes, ..
         } = self.overlay;
-        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = writes.into_iter().filter_map(|(k, v)| Some((k, v?))).collect();
-        for (id, view) in views {
-            if let Some(v) = view {
-                out.insert(view_key(&id), encode(&id, &v)?);
-            }
+        let typed: Vec<(Vec<u8>, String, Box<CustomerView>)> = views
+            .into_iter()
+            .filter_map(|(id, v)| Some((view_key(&id), id, v?)))
+            .chain(owns.into_iter().filter_map(|(id, v)| Some((own_key(&id), id, v?))))
+            .collect();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+        let parts = split_into(typed, threads);
+        let (encoded, raw) = std::thread::scope(|scope| {
+            let encoders: Vec<_> = parts
+                .into_iter()
+                .map(|part| {
+                    scope.spawn(move || -> Result<KeyValues, ProjectionError> {
+                        let mut out = Vec::with_capacity(part.len());
+                        for (key, id, view) in part {
+                            out.push((key, encode(&id, &*view)?));
+                        }
+                        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                        Ok(out)
+                    })
+                })
+                .collect();
+            let raw: KeyValues = writes.into_iter().filter_map(|(k, v)| Some((k, v?))).collect();
+            let encoded: Vec<_> = encoders
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect();
+            (encoded, raw)
+        });
+        // Sorted runs, the typed views' first: the stable sort merges the runs (it finds
+        // them) and keeps a typed view ahead of a raw write of the same key, the one the dedup
+        // keeps, as the earlier map did. (No raw write holds a view key: a guard.)
+        let len = raw.len() + encoded.iter().map(|p| p.as_ref().map_or(0, Vec::len)).sum::<usize>();
+        let mut out: KeyValues = Vec::with_capacity(len);
+        for part in encoded {
+            out.extend(part?);
         }
-        for (id, view) in owns {
-            if let Some(v) = view {
-                out.insert(own_key(&id), encode(&id, &v)?);
-            }
-        }
-        Ok(out.into_iter().collect())
+        out.extend(raw);
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.dedup_by(|later, earlier| later.0 == earlier.0);
+        Ok(out)
     }
 }
 
@@ -1266,8 +1348,8 @@ fn split_views(
             }
         }
     }
-    o.views.insert(root, Some(survivor_view));
-    o.views.insert(restored, Some(restored_view));
+    o.views.insert(root, Some(Box::new(survivor_view)));
+    o.views.insert(restored, Some(Box::new(restored_view)));
     Ok(())
 }
 
@@ -1684,6 +1766,36 @@ mod tests {
             digest.add(&k, &v);
         }
         assert_eq!(digest.finish(), w.projector.views().digest().unwrap());
+        // And fed the whole log decoded beforehand, as `worker::rebuild`'s reader does.
+        let mut rebuild = replayed.rebuild();
+        rebuild.apply_decoded(&log, DecodedEvents::of(&log)).unwrap();
+        let entries = rebuild.into_entries().unwrap();
+        assert!(
+            entries.windows(2).all(|w| w[0].0 < w[1].0),
+            "in key order, each key once"
+        );
+        let mut digest = ViewDigest::default();
+        for (k, v) in &entries {
+            digest.add(k, v);
+        }
+        assert_eq!(digest.finish(), w.projector.views().digest().unwrap());
+        let mut rebuild = replayed.rebuild();
+        let err = rebuild.apply_decoded(&log, DecodedEvents::of(&log[1..])).unwrap_err();
+        assert!(err.to_string().contains("decoded events for"), "{err}");
+    }
+
+    #[test]
+    fn a_split_into_parts_keeps_every_item_once() {
+        for (n, parts) in [(0, 2), (1, 2), (2, 2), (5, 2), (7, 3), (9, 1), (3, 8)] {
+            let split = split_into((0..n).collect::<Vec<u32>>(), parts);
+            assert!(
+                split.len() <= parts && split.iter().all(|p| !p.is_empty()),
+                "{n} in {parts}: {split:?}"
+            );
+            let mut all: Vec<u32> = split.into_iter().flatten().collect();
+            all.sort_unstable();
+            assert_eq!(all, (0..n).collect::<Vec<u32>>());
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

@@ -7,7 +7,7 @@ use futures::{FutureExt, StreamExt};
 use store::EventStore;
 use tokio::sync::watch;
 
-use crate::projector::{ProjectionError, Projector, Rebuild};
+use crate::projector::{DecodedEvents, ProjectionError, Projector, Rebuild};
 
 /// Most events applied in one atomic batch.
 const BATCH: usize = 2048;
@@ -144,6 +144,7 @@ pub async fn rebuild<'p>(
 ) -> Result<(ReplayReport, Rebuild<'p>), ProjectionError> {
     let started = Instant::now();
     let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    // The reader decodes what it reads, so the decoding runs beside the applying.
     let reader = tokio::spawn(async move {
         let mut after = None;
         loop {
@@ -156,17 +157,18 @@ pub async fn rebuild<'p>(
             };
             let Some(last) = events.last() else { return };
             after = Some(last.position);
-            if tx.send(Ok(events)).await.is_err() {
+            let decoded = tokio::task::block_in_place(|| DecodedEvents::of(&events));
+            if tx.send(Ok((events, decoded))).await.is_err() {
                 return;
             }
         }
     });
     let mut rebuild = projector.rebuild();
     let mut total = 0u64;
-    while let Some(events) = rx.recv().await {
-        let events = events?;
+    while let Some(read) = rx.recv().await {
+        let (events, decoded) = read?;
         total += events.len() as u64;
-        tokio::task::block_in_place(|| rebuild.apply(&events))?;
+        tokio::task::block_in_place(|| rebuild.apply_decoded(&events, decoded))?;
         progress(total);
     }
     reader
