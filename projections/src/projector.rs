@@ -1847,7 +1847,7 @@ mod tests {
             let items: Vec<(u8, String, ())> = (0..n)
                 .map(|i: u32| {
                     (
-                        if i % 3 == 0 { b'o' } else { b'v' },
+                        if i.is_multiple_of(3) { b'o' } else { b'v' },
                         format!("{:08x}", i.wrapping_mul(2_654_435_761)),
                         (),
                     )
