@@ -1154,7 +1154,7 @@ impl Rebuild<'_> {
             .collect();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
         let ranges = split_by_range(typed, threads);
-        let (encoded, mut raw) = std::thread::scope(|scope| {
+        let (encoded, raw) = std::thread::scope(|scope| {
             let encoders: Vec<_> = ranges
                 .into_iter()
                 .map(|range| {
@@ -1180,7 +1180,7 @@ impl Rebuild<'_> {
         for range in encoded {
             typed.extend(range?);
         }
-        Ok(merge_into(&mut raw, typed))
+        Ok(merge_into(raw, typed))
     }
 }
 
@@ -1218,11 +1218,11 @@ fn split_by_range<V>(items: Vec<(u8, String, V)>, parts: usize) -> Vec<Vec<(u8, 
 /// `run` between two of `sorted`'s are found by galloping and moved as they are, so a
 /// stretch of `run` no entry of `sorted` falls in costs a few comparisons, not one an
 /// entry. On a key in both, `sorted`'s entry is kept.
-fn merge_into(run: &mut KeyValues, sorted: KeyValues) -> KeyValues {
+fn merge_into(mut run: KeyValues, sorted: KeyValues) -> KeyValues {
     let mut out = Vec::with_capacity(run.len() + sorted.len());
     let mut from = 0;
     for entry in sorted {
-        let to = gallop(run, from, &entry.0);
+        let to = gallop(&run, from, &entry.0);
         out.extend(run[from..to].iter_mut().map(std::mem::take));
         from = to;
         if run.get(from).is_some_and(|r| r.0 == entry.0) {
@@ -1886,17 +1886,15 @@ mod tests {
             (Vec::new(), sorted.clone()),
             (run.clone(), Vec::new()),
         ] {
-            let mut r = r;
             let mut w: Vec<Vec<u8>> = r.iter().chain(&s).map(|(k, _)| k.clone()).collect();
             w.sort();
             w.dedup();
-            let merged = merge_into(&mut r, s);
+            let merged = merge_into(r, s);
             assert_eq!(merged.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), w);
         }
-        let mut r = run;
         let mut s = sorted;
         s[3].1 = b"typed".to_vec();
-        let merged = merge_into(&mut r, s);
+        let merged = merge_into(run, s);
         assert_eq!(merged.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), want);
         let t1 = merged.iter().find(|(k, _)| k == b"t/1").unwrap();
         assert_eq!(t1.1, b"typed", "on a key in both, the sorted side's entry is kept");
