@@ -157,8 +157,8 @@ pub async fn rebuild<'p>(
             };
             let Some(last) = events.last() else { return };
             after = Some(last.position);
-            let decoded = tokio::task::block_in_place(|| DecodedEvents::of(&events));
-            if tx.send(Ok((events, decoded))).await.is_err() {
+            let batch = tokio::task::block_in_place(|| DecodedEvents::of(events));
+            if tx.send(Ok(batch)).await.is_err() {
                 return;
             }
         }
@@ -166,9 +166,9 @@ pub async fn rebuild<'p>(
     let mut rebuild = projector.rebuild();
     let mut total = 0u64;
     while let Some(read) = rx.recv().await {
-        let (events, decoded) = read?;
-        total += events.len() as u64;
-        tokio::task::block_in_place(|| rebuild.apply_decoded(&events, decoded))?;
+        let batch = read?;
+        total += batch.len() as u64;
+        tokio::task::block_in_place(|| rebuild.apply_decoded(batch))?;
         progress(total);
     }
     reader
